@@ -1,0 +1,413 @@
+"""One call, whatever the transport: caller audio in, bot audio out, a dialog in between.
+
+The transport (WebRTC track, SIP/RTP session) only moves audio: it feeds caller frames with
+:meth:`Call.feed_caller_audio` and pulls exactly one bot frame per 20 ms tick with
+:meth:`Call.pull_bot_frame`. Everything else happens here, in tasks the call owns and ends:
+
+    caller audio ─▶ resample ─┬─▶ VAD ─▶ barge-in
+                              ├─▶ ASR stream ─▶ dialog ─▶ TTS ─▶ resample ─▶ playout ─▶ transport
+                              └─▶ recording (caller channel)         recording (bot channel) ◀─┘
+
+Barge-in: caller speech while interruptible bot audio is playing flushes the playout at once,
+cancels the bot turn (dialog output and synthesis), and tells the dialog what the caller heard.
+The call record (transcript, recording, metrics) is written however the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from bridge.dialog.base import (
+    CallerDigits,
+    CallerText,
+    CallStarted,
+    Dialog,
+    DialogEvent,
+    Hangup,
+    Say,
+    Transfer,
+)
+from bridge.media.frame import AudioFrame
+from bridge.media.playout import Playout, UtteranceFinished, UtteranceStarted
+from bridge.media.recorder import CallRecord
+from bridge.media.resample import Resampler
+from bridge.media.vad import SpeechEnded, SpeechStarted, Vad
+from bridge.speech.base import ASR, TTS, Transcript, text_once
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[dict[str, object]], None]
+
+# Caller audio waiting for the uplink task; beyond this the oldest frames are dropped (the
+# uplink only falls this far behind when the machine is overloaded, and stale audio is useless).
+CALLER_QUEUE_FRAMES = 50
+
+
+@dataclass
+class CallSettings:
+    vad_engine: str = "silero"
+    vad_threshold: float = 0.5
+    vad_min_speech_ms: int = 64
+    vad_min_silence_ms: int = 400
+    language: str = "en"
+    voice: str | None = None
+    no_media_timeout_s: float = 20.0
+    max_duration_s: float = 3600.0
+
+
+@dataclass
+class CallMetrics:
+    """What the call record and the benchmark report about one call."""
+
+    turn_latency_ms: list[float] = field(default_factory=list)
+    barge_in_ms: list[float] = field(default_factory=list)
+    caller_frames_dropped: int = 0
+    asr_finals: int = 0
+    bot_utterances: int = 0
+    bot_interruptions: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "turn_latency_ms": [round(x, 1) for x in self.turn_latency_ms],
+            "barge_in_ms": [round(x, 1) for x in self.barge_in_ms],
+            "caller_frames_dropped": self.caller_frames_dropped,
+            "asr_finals": self.asr_finals,
+            "bot_utterances": self.bot_utterances,
+            "bot_interruptions": self.bot_interruptions,
+        }
+
+
+class Call:
+    """The pipeline of one call. Create, then ``await run()``; it returns the end reason."""
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        dialog: Dialog,
+        asr: ASR,
+        tts: TTS,
+        record: CallRecord,
+        output_rate: int,
+        settings: CallSettings,
+        notify: Notify,
+        vad_executor: Executor | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.dialog = dialog
+        self.asr = asr
+        self.tts = tts
+        self.record = record
+        self.settings = settings
+        self.notify = notify
+        self.metrics = CallMetrics()
+        self.playout = Playout(output_rate)
+        self._vad = Vad(
+            asr.sample_rate,
+            engine=settings.vad_engine,  # type: ignore[arg-type]
+            threshold=settings.vad_threshold,
+            min_speech_ms=settings.vad_min_speech_ms,
+            min_silence_ms=settings.vad_min_silence_ms,
+        )
+        self._vad_executor = vad_executor
+        self._caller_queue: asyncio.Queue[AudioFrame] = asyncio.Queue(CALLER_QUEUE_FRAMES)
+        self._uplink_resampler: Resampler | None = None
+        self._uplink_rate = 0
+        self._started = time.monotonic()
+        self._last_caller_audio = self._started
+        self._ended = asyncio.Event()
+        self._end_reason = ""
+        self._bot_task: asyncio.Task[None] | None = None
+        self._utterances: dict[str, asyncio.Future[UtteranceFinished]] = {}
+        self._utterance_started_at: dict[str, float] = {}
+        self._utterance_text: dict[str, str] = {}
+        self._caller_speech_ended_at: float | None = None
+        self._caller_samples_seen = 0
+
+    # --- transport side -------------------------------------------------------------------
+
+    def feed_caller_audio(self, frame: AudioFrame) -> None:
+        """Queue a frame of caller audio; never blocks (drops the oldest frame when full)."""
+        self._last_caller_audio = time.monotonic()
+        if self._caller_queue.full():
+            self._caller_queue.get_nowait()
+            self.metrics.caller_frames_dropped += 1
+        self._caller_queue.put_nowait(frame)
+
+    def pull_bot_frame(self) -> AudioFrame:
+        """The bot's next 20 ms frame; the transport calls this once per tick of its clock."""
+        frame = self.playout.next_frame()
+        now = time.monotonic()
+        self.record.write_audio("bot", frame, now - self._started)
+        for event in self.playout.pop_events():
+            self._on_playout_event(event, now)
+        return frame
+
+    def hangup(self, reason: str) -> None:
+        """End the call (peer hung up, transport failed, operator request)."""
+        if not self._ended.is_set():
+            self._end_reason = reason
+            self._ended.set()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until the call ends; always closes the call record."""
+        log.info("call %s: started", self.call_id)
+        asr_stream = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            asr_stream = await self.asr.open_stream(self.settings.language)
+            tasks = [
+                asyncio.create_task(self._uplink(asr_stream), name=f"{self.call_id}-uplink"),
+                asyncio.create_task(self._recognised(asr_stream), name=f"{self.call_id}-asr"),
+                asyncio.create_task(self._watchdog(), name=f"{self.call_id}-watchdog"),
+            ]
+            for task in tasks:
+                task.add_done_callback(self._on_task_done)
+            self._start_bot_turn(CallStarted())
+            await self._ended.wait()
+        except Exception:
+            log.exception("call %s: failed", self.call_id)
+            self.hangup("error")
+        finally:
+            await self._shutdown(tasks, asr_stream)
+        return self._end_reason
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], asr_stream: object) -> None:
+        for event in self.playout.flush("hangup"):
+            self._on_playout_event(event, time.monotonic())
+        await self._cancel_bot_turn()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if asr_stream is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asr_stream.close(), 5)  # type: ignore[attr-defined]
+        self.record.add_event(
+            {"who": "system", "text": f"call ended: {self._end_reason}", "start": self._now()}
+        )
+        self.record.close(self._end_reason, self.metrics.as_dict())
+        self.notify({"type": "hangup", "reason": self._end_reason})
+        log.info("call %s: ended (%s)", self.call_id, self._end_reason)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("call %s: task %s failed: %r", self.call_id, task.get_name(), exc)
+            self.hangup("error")
+
+    async def _watchdog(self) -> None:
+        """Hang up calls whose peer went silent at the transport level, or that run too long."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if now - self._last_caller_audio > self.settings.no_media_timeout_s:
+                self.hangup("no-media")
+            elif now - self._started > self.settings.max_duration_s:
+                self.hangup("max-duration")
+
+    # --- uplink ---------------------------------------------------------------------------
+
+    async def _uplink(self, asr_stream: object) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await self._caller_queue.get()
+            frame = self._to_asr_rate(frame)
+            self.record.write_audio("caller", frame, self._caller_samples_seen / frame.sample_rate)
+            self._caller_samples_seen += frame.num_samples
+            if self._vad_executor is None:
+                events = self._vad.process(frame)
+            else:
+                events = await loop.run_in_executor(self._vad_executor, self._vad.process, frame)
+            for event in events:
+                if isinstance(event, SpeechStarted):
+                    self._on_caller_speech_started()
+                elif isinstance(event, SpeechEnded):
+                    self._caller_speech_ended_at = time.monotonic()
+            await asr_stream.push(frame)  # type: ignore[attr-defined]
+
+    def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
+        if frame.sample_rate != self._uplink_rate:
+            self._uplink_rate = frame.sample_rate
+            self._uplink_resampler = Resampler(frame.sample_rate, self.asr.sample_rate)
+        assert self._uplink_resampler is not None
+        return self._uplink_resampler.process_frame(frame)
+
+    def _on_caller_speech_started(self) -> None:
+        self._caller_speech_ended_at = None
+        if not (self.playout.speaking and self.playout.interruptible):
+            return
+        detected = time.monotonic()
+        log.info("call %s: barge-in", self.call_id)
+        self.metrics.bot_interruptions += 1
+        for event in self.playout.flush("barge-in"):
+            self._on_playout_event(event, detected)
+        self.metrics.barge_in_ms.append((time.monotonic() - detected) * 1000)
+        if self._bot_task is not None:
+            self._bot_task.cancel()
+
+    # --- recognition → dialog --------------------------------------------------------------
+
+    async def _recognised(self, asr_stream: object) -> None:
+        turn_id = uuid.uuid4().hex[:8]
+        results: AsyncIterator[Transcript] = asr_stream.results()  # type: ignore[attr-defined]
+        async for result in results:
+            text = result.text.strip()
+            if not text:
+                continue
+            self.notify(
+                {
+                    "type": "transcript",
+                    "who": "caller",
+                    "text": text,
+                    "final": result.is_final,
+                    "turn_id": turn_id,
+                    "interrupted": False,
+                }
+            )
+            if not result.is_final:
+                continue
+            self.metrics.asr_finals += 1
+            self.record.add_event(
+                {
+                    "who": "caller",
+                    "text": text,
+                    "start": round(result.start_ms / 1000, 3),
+                    "end": round(result.end_ms / 1000, 3),
+                    "interrupted": False,
+                }
+            )
+            turn_id = uuid.uuid4().hex[:8]
+            self._start_bot_turn(CallerText(text))
+
+    def dtmf(self, digits: str) -> None:
+        """Digits from the transport (RFC 4733, SIP INFO)."""
+        self.record.add_event({"who": "caller", "dtmf": digits, "start": self._now()})
+        self._start_bot_turn(CallerDigits(digits))
+
+    # --- bot turns --------------------------------------------------------------------------
+
+    def _start_bot_turn(self, event: DialogEvent) -> None:
+        previous = self._bot_task
+        if previous is not None and not previous.done():
+            # The caller said something new before the bot finished: answer the new thing.
+            for finished in self.playout.flush("superseded"):
+                self._on_playout_event(finished, time.monotonic())
+            previous.cancel()
+        self._bot_task = asyncio.create_task(self._bot_turn(event, previous))
+
+    async def _cancel_bot_turn(self) -> None:
+        task = self._bot_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _bot_turn(self, event: DialogEvent, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await previous
+        outputs = self.dialog.respond(event)
+        try:
+            async for output in outputs:
+                if isinstance(output, Say):
+                    await self._say(output)
+                elif isinstance(output, Transfer):
+                    self.record.add_event({"who": "system", "transfer": output.target})
+                    self.notify({"type": "transfer", "target": output.target})
+                elif isinstance(output, Hangup):
+                    await self._wait_played()
+                    self.hangup(output.reason)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: bot turn failed", self.call_id)
+        finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
+
+    async def _say(self, say: Say) -> None:
+        utterance_id = uuid.uuid4().hex[:8]
+        self._utterances[utterance_id] = asyncio.get_running_loop().create_future()
+        self._utterance_text[utterance_id] = say.text
+        self.playout.begin_utterance(utterance_id, barge_in=say.barge_in)
+        resampler = Resampler(self.tts.sample_rate, self.playout.sample_rate)
+        chunks = self.tts.synthesize(text_once(say.text), voice=self.settings.voice)
+        try:
+            async for chunk in chunks:
+                audio = resampler.process_frame(chunk.audio)
+                await self.playout.wait_for_space()
+                self.playout.push(utterance_id, type(chunk)(audio, chunk.text, chunk.words))
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            self.playout.end_utterance(utterance_id)
+
+    async def _wait_played(self) -> None:
+        pending = [f for f in self._utterances.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    def _on_playout_event(self, event: UtteranceStarted | UtteranceFinished, now: float) -> None:
+        if isinstance(event, UtteranceStarted):
+            self._utterance_started_at[event.id] = now
+            self.metrics.bot_utterances += 1
+            if self._caller_speech_ended_at is not None:
+                self.metrics.turn_latency_ms.append((now - self._caller_speech_ended_at) * 1000)
+                self._caller_speech_ended_at = None
+            self.notify({"type": "state", "state": "speaking"})
+            self.notify(
+                {
+                    "type": "transcript",
+                    "who": "bot",
+                    "text": self._utterance_text.get(event.id, ""),
+                    "final": False,
+                    "turn_id": event.id,
+                    "interrupted": False,
+                }
+            )
+            return
+        started = self._utterance_started_at.pop(event.id, now)
+        said = self._utterance_text.pop(event.id, event.said)
+        self.notify(
+            {
+                "type": "transcript",
+                "who": "bot",
+                "text": event.heard,
+                "said": said,
+                "final": True,
+                "turn_id": event.id,
+                "interrupted": event.interrupted,
+            }
+        )
+        self.notify({"type": "state", "state": "listening"})
+        self.record.add_event(
+            {
+                "who": "bot",
+                "text": said,
+                "heard": event.heard,
+                "start": round(started - self._started, 3),
+                "end": round(now - self._started, 3),
+                "interrupted": event.interrupted,
+            }
+        )
+        self.dialog.bot_turn_heard(said, event.heard, event.interrupted)
+        future = self._utterances.pop(event.id, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self._started, 3)

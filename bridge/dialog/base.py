@@ -1,0 +1,68 @@
+"""What the call asks of a dialog, and what a dialog answers.
+
+The call reports caller events (start, recognised text, DTMF, what the caller actually heard of
+the last bot turn); the dialog answers with a stream of outputs. Streaming matters: an LLM's reply
+is spoken sentence by sentence while it is still being generated, and the call cancels the
+stream when the caller barges in.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Speak this text (one chunk of a possibly longer reply)."""
+
+    text: str
+    barge_in: bool = True  # False: a prompt the caller cannot interrupt
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """End the call once everything said before it has been played."""
+
+    reason: str = "dialplan"
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Hand the caller to another destination (SIP REFER, or a notice to a WebRTC page)."""
+
+    target: str
+
+
+DialogOutput = Say | Hangup | Transfer
+
+
+@dataclass(frozen=True, slots=True)
+class CallerText:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerDigits:
+    digits: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    pass
+
+
+DialogEvent = CallStarted | CallerText | CallerDigits
+
+
+class Dialog(ABC):
+    """One call's conversation state."""
+
+    @abstractmethod
+    def respond(self, event: DialogEvent) -> AsyncIterator[DialogOutput]:
+        """Outputs for one event. The call may close the iterator early (barge-in)."""
+
+    @abstractmethod
+    def bot_turn_heard(self, said: str, heard: str, interrupted: bool) -> None:
+        """Tell the dialog what the caller actually heard of its last turn."""

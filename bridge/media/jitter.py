@@ -1,0 +1,416 @@
+"""Adaptive jitter buffer with packet-loss concealment for the RTP leg.
+
+Design, and why:
+
+* Sans-I/O. ``push`` takes a packet and its arrival time, ``pop`` is called once per frame by
+  whoever owns the playout clock and gets a frame back. Times are plain floats passed in, so
+  scenarios (spikes, loss, wrap) are deterministic in tests and the SIP leg owns the clock.
+* Everything works on unwrapped (64-bit, monotonic) sequence numbers and timestamps, and the
+  buffer is a map of sample ranges rather than a ring of packets: a frame is assembled from
+  whatever packets overlap it, so 10/20/30 ms packets all fit any frame size, and partly late
+  packets still contribute their remaining samples. The RTP clock is assumed to equal the
+  decoded sample rate (true for G.711, the codecs we negotiate).
+* Delay is measured as *slack*: how long before its playout a packet with the lowest recently
+  seen network transit would arrive. Each packet's extra transit over that minimum is its
+  delay variation; the target slack is a peak-hold of it that jumps up at once and decays
+  with a half-life of seconds, clamped to [min_delay_ms, max_delay_ms]. Slack is independent
+  of which packet happens to have arrived last, so it does not oscillate with the jitter
+  itself, and a packet is on time exactly when its variation is below the slack.
+* Growing is fast: when the buffer runs dry the cursor holds (a stall or spike pushes depth up
+  by exactly its length instead of discarding the delayed audio as late), and when slack is
+  under target a concealed frame is inserted. Shrinking is slow and gentle: drop a whole
+  frame if the audio is quiet, otherwise cut one pitch period with a crossfade (time
+  compression). Adjustments of either kind are spaced a few frames apart so concealment
+  always starts from clean history and never builds on its own output.
+* Concealment repeats the last pitch period (found by normalised autocorrelation, with the
+  loop seam crossfaded) rather than inserting silence, holds full level for one frame, fades
+  to silence over the next two, and crossfades back into real audio, so there are no clicks
+  at either edge and long gaps end up silent.
+* A new SSRC, or a sequence/timing jump confirmed by two consecutive packets (RFC 3550's
+  probation idea), restarts the stream state; output timestamps keep counting regardless.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import pairwise
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from bridge.media.frame import AudioFrame
+from bridge.media.rtp import RtpPacket, Unwrapper, seq_diff, ts_diff
+
+_PITCH_MIN_S = 0.005
+_PITCH_MAX_S = 0.015
+_HOLD_S = 0.020  # concealment plays at full level this long...
+_FADE_S = 0.040  # ...then fades linearly to silence over this long
+_CROSSFADE_S = 0.005
+_PEAK_HALF_LIFE_S = 3.0
+_BASE_WINDOW = 256  # packets over which the minimum transit is taken
+_ADJUST_EVERY = 5  # frames between two delay adjustments, so concealment history stays clean
+_QUIET_RMS = 300.0  # about -40 dBFS: dropping a whole frame this quiet is inaudible
+_MAX_DROPOUT = 3000  # RFC 3550 A.1 sequence jump limits
+_MAX_MISORDER = 100
+_MAX_TIMING_JUMP_S = 1.0  # timestamp vs arrival disagreement that means a new timeline
+_SEEN_LIMIT = 2048
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters since creation. ``received`` counts every pushed packet; ``lost`` counts
+    packets skipped because they had not arrived when due (a late arrival is also counted as
+    ``late``); ``concealed_ms`` is all synthesised output, including fill while re-buffering;
+    ``depth_ms`` is the audio buffered ahead of the cursor and ``target_ms`` the slack aimed
+    for; ``jitter_ms`` is the RFC 3550 interarrival jitter estimate."""
+
+    received: int = 0
+    played: int = 0
+    lost: int = 0
+    late: int = 0
+    duplicates: int = 0
+    concealed_ms: float = 0.0
+    depth_ms: float = 0.0
+    target_ms: float = 0.0
+    jitter_ms: float = 0.0
+    ssrc_changes: int = 0
+    resyncs: int = 0
+
+
+@dataclass(slots=True)
+class _Slot:
+    seq: int
+    ts: int
+    samples: np.ndarray
+
+    @property
+    def end(self) -> int:
+        return self.ts + self.samples.size
+
+
+def _best_lag(x: np.ndarray, min_lag: int, max_lag: int, window: int) -> int:
+    """The lag at which the last ``window`` samples of ``x`` best match ``x`` delayed by it
+    (normalised cross-correlation); needs ``len(x) >= window + max_lag``."""
+    ref = x[-window:]
+    candidates = sliding_window_view(x[-(window + max_lag) : x.size - min_lag], window)
+    energy = np.einsum("ij,ij->i", candidates, candidates) + 1e-9
+    return max_lag - int(np.argmax(candidates @ ref / np.sqrt(energy)))
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Crossfade weights strictly between 0 and 1, so neither edge sample is duplicated."""
+    return np.arange(1, n + 1) / (n + 1)
+
+
+class _Concealer:
+    """Pitch-repeating packet-loss concealment over the history of what was played."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.min_lag = int(sample_rate * _PITCH_MIN_S)
+        self.max_lag = int(sample_rate * _PITCH_MAX_S)
+        self._hold = int(sample_rate * _HOLD_S)
+        self._fade = int(sample_rate * _FADE_S)
+        self._crossfade = int(sample_rate * _CROSSFADE_S)
+        self._history = np.zeros(2 * self.max_lag)
+        self._period: np.ndarray | None = None
+        self._position = 0
+        self._elapsed = 0
+
+    @property
+    def active(self) -> bool:
+        return self._period is not None
+
+    def observe(self, played: np.ndarray) -> None:
+        self._history = np.concatenate([self._history, played])[-self._history.size :]
+
+    def conceal(self, n: int) -> np.ndarray:
+        if self._period is None:
+            self._period = self._extract_period()
+            self._position = self._elapsed = 0
+        index = (self._position + np.arange(n)) % self._period.size
+        t = self._elapsed + np.arange(n)
+        gain = np.clip(1.0 - (t - self._hold) / self._fade, 0.0, 1.0)
+        self._position = (self._position + n) % self._period.size
+        self._elapsed += n
+        return self._period[index] * gain
+
+    def recover(self, real: np.ndarray) -> np.ndarray:
+        """Crossfade from the running concealment into ``real`` and end the loss burst."""
+        out = real.astype(np.float64)
+        n = min(out.size, self._crossfade)
+        w = _ramp(n)
+        out[:n] = w * out[:n] + (1.0 - w) * self.conceal(n)
+        self._period = None
+        return out
+
+    def pitch_lag(self, x: np.ndarray) -> int:
+        """Best repetition lag in the last ``2 * max_lag`` samples of ``x``."""
+        return _best_lag(x.astype(np.float64), self.min_lag, self.max_lag, self.max_lag)
+
+    def _extract_period(self) -> np.ndarray:
+        h = self._history
+        lag = self.pitch_lag(h)
+        period = h[-lag:].copy()
+        # Blend the period's tail into the samples that precede its head, so looping it is
+        # seamless even when the true pitch is not a whole number of samples.
+        seam = lag // 4
+        w = _ramp(seam)
+        period[lag - seam :] = (1.0 - w) * h[h.size - seam :] + w * h[h.size - lag - seam : -lag]
+        return period
+
+
+class JitterBuffer:
+    """Reorders, de-duplicates and paces one RTP audio stream into fixed-size frames.
+
+    ``decode`` turns a packet into int16 samples at ``sample_rate``; telephone-events and
+    other payload types must be filtered out by the caller.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        frame_samples: int,
+        decode: Callable[[RtpPacket], np.ndarray],
+        *,
+        min_delay_ms: float = 20,
+        max_delay_ms: float = 200,
+        initial_delay_ms: float = 60,
+    ) -> None:
+        if not 0 <= min_delay_ms <= initial_delay_ms <= max_delay_ms:
+            raise ValueError("need 0 <= min_delay_ms <= initial_delay_ms <= max_delay_ms")
+        self._rate = sample_rate
+        self._frame = frame_samples
+        self._decode = decode
+        self._min_delay = min_delay_ms / 1000
+        self._max_delay = max_delay_ms / 1000
+        self._concealer = _Concealer(sample_rate)
+        self._stats = JitterStats()
+        self._concealed = 0
+        self._started = False
+        self._out_ts = 0
+        self._since_adjust = 0
+        self._ssrc: int | None = None
+        self._previous_ssrc: int | None = None
+        self._peak = initial_delay_ms / 1000
+        self._peak_at: float | None = None
+        self._jitter = 0.0
+        self._reset_stream(None)
+
+    def _reset_stream(self, ssrc: int | None) -> None:
+        self._ssrc = ssrc
+        self._seq = Unwrapper(16)
+        self._ts = Unwrapper(32)
+        self._slots: dict[int, _Slot] = {}
+        self._seen: set[int] = set()
+        self._highest: tuple[int, int, float] | None = None  # raw seq, raw ts, arrival
+        self._probation: tuple[RtpPacket, float] | None = None
+        self._transits: deque[float] = deque(maxlen=_BASE_WINDOW)
+        self._last_transit: float | None = None
+        self._play_ts: int | None = None
+        self._waiting = True
+        self._last_played: int | None = None
+
+    @property
+    def stats(self) -> JitterStats:
+        depth = 0
+        if self._slots:
+            start = min(slot.ts for slot in self._slots.values())
+            if self._play_ts is not None:
+                start = self._play_ts
+            depth = max(0, max(slot.end for slot in self._slots.values()) - start)
+        return replace(
+            self._stats,
+            concealed_ms=self._concealed * 1000 / self._rate,
+            depth_ms=depth * 1000 / self._rate,
+            target_ms=self._target() * 1000,
+            jitter_ms=self._jitter * 1000,
+        )
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def push(self, packet: RtpPacket, arrival: float) -> None:
+        self._stats.received += 1
+        if packet.ssrc != self._ssrc:
+            if packet.ssrc == self._previous_ssrc:
+                self._stats.late += 1  # straggler from the stream we already switched away from
+                return
+            if self._ssrc is not None:
+                self._stats.ssrc_changes += 1
+                self._previous_ssrc = self._ssrc
+            self._reset_stream(packet.ssrc)
+        elif self._is_discontinuous(packet, arrival):
+            held = self._probation
+            self._probation = (packet, arrival)
+            if held is None or packet.sequence_number != (held[0].sequence_number + 1) & 0xFFFF:
+                return
+            self._stats.resyncs += 1
+            self._reset_stream(packet.ssrc)
+            self._accept(*held)
+        elif self._probation is not None:
+            self._stats.late += 1  # the held packet was a stray, not a new timeline
+            self._probation = None
+        self._accept(packet, arrival)
+
+    def _is_discontinuous(self, packet: RtpPacket, arrival: float) -> bool:
+        if self._highest is None:
+            return False
+        seq, ts, at = self._highest
+        jump = seq_diff(packet.sequence_number, seq)
+        timing = ts_diff(packet.timestamp, ts) / self._rate - (arrival - at)
+        return not -_MAX_MISORDER <= jump <= _MAX_DROPOUT or abs(timing) > _MAX_TIMING_JUMP_S
+
+    def _accept(self, packet: RtpPacket, arrival: float) -> None:
+        seq = self._seq.unwrap(packet.sequence_number)
+        ts = self._ts.unwrap(packet.timestamp)
+        if seq in self._seen:
+            self._stats.duplicates += 1
+            return
+        self._remember(seq)
+        if self._highest is None or seq_diff(packet.sequence_number, self._highest[0]) > 0:
+            self._highest = (packet.sequence_number, packet.timestamp, arrival)
+        self._observe_timing(ts, arrival)
+        slot = _Slot(seq, ts, np.asarray(self._decode(packet), np.int16))
+        if self._play_ts is not None and slot.end <= self._play_ts:
+            self._stats.late += 1
+            return
+        self._slots[seq] = slot
+
+    def _remember(self, seq: int) -> None:
+        self._seen.add(seq)
+        if len(self._seen) > _SEEN_LIMIT:
+            self._seen = {s for s in self._seen if s > seq - _SEEN_LIMIT // 2}
+
+    def _observe_timing(self, ts: int, arrival: float) -> None:
+        transit = arrival - ts / self._rate
+        if self._last_transit is not None:
+            self._jitter += (abs(transit - self._last_transit) - self._jitter) / 16
+        self._last_transit = transit
+        self._transits.append(transit)
+        variation = transit - min(self._transits)
+        if self._peak_at is not None:
+            self._peak *= 0.5 ** ((arrival - self._peak_at) / _PEAK_HALF_LIFE_S)
+        self._peak = max(self._peak, variation)
+        self._peak_at = arrival
+
+    # -- playing -----------------------------------------------------------------------------
+
+    def _target(self) -> float:
+        return min(max(self._peak, self._min_delay), self._max_delay)
+
+    def _slack(self, ts: int, now: float) -> float:
+        return now - min(self._transits) - ts / self._rate
+
+    def pop(self, now: float) -> AudioFrame | None:
+        n = self._frame
+        if self._waiting and not self._resume(now):
+            return self._emit(self._fill(n)) if self._started else None
+        assert self._play_ts is not None
+        slack = self._slack(self._play_ts, now)
+        target = self._target()
+        if not any(slot.end > self._play_ts for slot in self._slots.values()):
+            self._waiting = True  # ran dry: hold the cursor so delayed audio is not lost
+            out = self._fill(n)
+        elif slack < target and self._since_adjust >= _ADJUST_EVERY:
+            self._since_adjust = 0
+            out = self._fill(n)
+        else:
+            out = self._play(n, int((slack - target) * self._rate) - n)
+        return self._emit(out)
+
+    def _resume(self, now: float) -> bool:
+        if not self._slots:
+            return False
+        start = min(slot.ts for slot in self._slots.values())
+        if self._play_ts is not None:
+            start = max(start, self._play_ts)
+        if self._slack(start, now) < self._target():
+            return False
+        self._play_ts = start
+        self._waiting = False
+        self._started = True
+        return True
+
+    def _fill(self, n: int) -> np.ndarray:
+        return self._render(np.zeros(n, np.int16), np.zeros(n, bool))
+
+    def _play(self, n: int, excess: int) -> np.ndarray:
+        """Render the next frame from the cursor, compressing out up to ``excess`` samples."""
+        assert self._play_ts is not None
+        self._since_adjust += 1
+        if excess > 0 and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
+            lookahead = n + max(n, 2 * self._concealer.max_lag)
+            x, mask = self._read(lookahead)
+            cut = self._shrink_cut(x, n, excess) if mask.all() else 0
+            if cut:
+                self._since_adjust = 0
+                out = _compress(x[: n + cut], cut)
+                self._concealer.observe(out)
+                self._advance(n + cut)
+                return out
+        out = self._render(*self._read(n))
+        self._advance(n)
+        return out
+
+    def _shrink_cut(self, x: np.ndarray, n: int, excess: int) -> int:
+        if n <= excess and AudioFrame(x[: 2 * n], self._rate).rms() < _QUIET_RMS:
+            return n
+        lag = self._concealer.pitch_lag(x[: n + 2 * self._concealer.max_lag])
+        return lag if lag <= excess else 0
+
+    def _read(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Samples and a have-it mask for ``n`` samples from the cursor."""
+        assert self._play_ts is not None
+        start = self._play_ts
+        samples = np.zeros(n, np.int16)
+        mask = np.zeros(n, bool)
+        for slot in self._slots.values():
+            lo, hi = max(slot.ts, start), min(slot.end, start + n)
+            if lo < hi:
+                samples[lo - start : hi - start] = slot.samples[lo - slot.ts : hi - slot.ts]
+                mask[lo - start : hi - start] = True
+        return samples, mask
+
+    def _render(self, samples: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Real samples where ``mask`` is set, concealment elsewhere, crossfaded at edges."""
+        out = np.empty(samples.size)
+        edges = [0, *(np.flatnonzero(np.diff(mask)) + 1), samples.size]
+        for lo, hi in pairwise(edges):
+            if not mask[lo]:
+                chunk = self._concealer.conceal(hi - lo)
+                self._concealed += hi - lo
+            elif self._concealer.active:
+                chunk = self._concealer.recover(samples[lo:hi])
+            else:
+                chunk = samples[lo:hi].astype(np.float64)
+            self._concealer.observe(chunk)
+            out[lo:hi] = chunk
+        return out
+
+    def _advance(self, n: int) -> None:
+        assert self._play_ts is not None
+        self._play_ts += n
+        done = sorted(seq for seq, slot in self._slots.items() if slot.end <= self._play_ts)
+        for seq in done:
+            del self._slots[seq]
+            if self._last_played is not None and seq > self._last_played:
+                self._stats.lost += seq - self._last_played - 1
+            self._stats.played += 1
+            self._last_played = seq if self._last_played is None else max(self._last_played, seq)
+
+    def _emit(self, out: np.ndarray) -> AudioFrame:
+        samples = np.clip(np.round(out), -32768, 32767).astype(np.int16)
+        frame = AudioFrame(samples, self._rate, self._out_ts)
+        self._out_ts = frame.end_timestamp
+        return frame
+
+
+def _compress(x: np.ndarray, cut: int) -> np.ndarray:
+    """Shorten ``x`` by ``cut`` samples, crossfading its head into the audio ``cut`` later, so
+    both ends stay continuous with their neighbours (a pitch-synchronous cut is inaudible)."""
+    n = x.size - cut
+    fade = min(cut, n)
+    w = _ramp(fade)
+    head = (1.0 - w) * x[:fade] + w * x[cut : cut + fade]
+    return np.concatenate([head, x[cut + fade :]]).astype(np.float64)

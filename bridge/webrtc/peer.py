@@ -1,0 +1,75 @@
+"""aiortc glue for one browser call: the bot's outbound track and the caller's inbound track.
+
+aiortc pulls outbound frames as fast as ``recv()`` returns them, so the track itself is the
+pacing point: it waits for the next tick of a drift-free 20 ms clock, then asks the call for
+exactly one frame. Inbound frames arrive decoded (Opus → 48 kHz, often stereo) and are reduced
+to mono before the call sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from bridge.call import Call
+from bridge.media.frame import AudioFrame
+from bridge.media.playout import PlayoutClock
+
+log = logging.getLogger(__name__)
+
+# Opus runs at 48 kHz; handing aiortc frames at that rate spares its encoder a resample.
+WEBRTC_RATE = 48000
+
+
+class BotAudioTrack(MediaStreamTrack):
+    """The bot's voice, paced by the playout clock."""
+
+    kind = "audio"
+
+    def __init__(self, call: Call) -> None:
+        super().__init__()
+        self._call = call
+        self._clock = PlayoutClock(ptime=0.02)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.wait_next()
+        frame = self._call.pull_bot_frame()
+        out = av.AudioFrame.from_ndarray(frame.samples.reshape(1, -1), format="s16", layout="mono")
+        out.sample_rate = frame.sample_rate
+        out.pts = frame.timestamp
+        out.time_base = fractions.Fraction(1, frame.sample_rate)
+        return out
+
+
+def to_mono(frame: av.AudioFrame) -> AudioFrame:
+    """Convert a decoded aiortc frame (packed s16, any channel count) to our mono frame."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        mono = data[0]
+    else:
+        mono = data.reshape(-1)[::channels]
+    return AudioFrame(np.ascontiguousarray(mono, dtype=np.int16), frame.sample_rate, frame.pts or 0)
+
+
+async def pump_caller_audio(track: MediaStreamTrack, call: Call) -> None:
+    """Feed the caller's frames into the call until the track ends; then the caller is gone."""
+    try:
+        while not call.ended:
+            frame = await track.recv()
+            call.feed_caller_audio(to_mono(frame))
+    except MediaStreamError:
+        call.hangup("peer-gone")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("call %s: inbound audio failed", call.call_id)
+        call.hangup("error")

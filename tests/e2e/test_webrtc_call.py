@@ -1,0 +1,115 @@
+"""Whole calls over WebRTC with a real aiortc peer, on the embedded engines.
+
+Assertions are on what the caller hears: the bot audio the peer received is transcribed with the
+embedded recogniser, and barge-in is timed from the moment the caller's speech left the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.webrtc_caller import RATE, WebRtcCaller
+
+pytestmark = pytest.mark.slow
+
+
+def _is_bot_final(event: dict[str, object]) -> bool:
+    return event.get("who") == "bot" and bool(event.get("final"))
+
+
+async def _wait_for_call_record(records: Path, call_id: str, timeout: float = 10) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for folder in records.glob(f"*{call_id}*"):
+            meta = folder / "call.json"
+            if meta.is_file() and json.loads(meta.read_text()).get("end_reason"):
+                return folder
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no call record for {call_id} in {records}")
+
+
+async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> None:
+    base_url, bridge = bridge_server
+    caller = WebRtcCaller(base_url)
+    await caller.connect()
+    try:
+        greeting = await caller.wait_event(_is_bot_final, timeout=60)
+        assert greeting["interrupted"] is False
+        await asyncio.sleep(0.5)
+        caller.mic.say(speak("What are your opening hours?", RATE))
+        await caller.wait_event(
+            lambda e: _is_bot_final(e) and e is not greeting and "open" in str(e.get("text")),
+            timeout=60,
+        )
+        heard = transcribe(caller.received.samples(), RATE).lower()
+    finally:
+        await caller.close()
+
+    assert "thank you for calling" in heard
+    assert "monday to friday" in heard or "nine in the morning" in heard
+
+    folder = await _wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
+    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    caller_lines = [x for x in lines if x["who"] == "caller" and "text" in x]
+    assert any("hours" in x["text"].lower() for x in caller_lines)
+    bot_lines = [x for x in lines if x["who"] == "bot"]
+    assert bot_lines[0]["interrupted"] is False
+    assert bot_lines[0]["heard"] == bot_lines[0]["text"]
+    with wave.open(str(folder / "recording.wav")) as wav:
+        assert wav.getnchannels() == 2
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), np.int16).reshape(-1, 2)
+    assert np.abs(audio[:, 0]).max() > 1000, "caller channel is silent"
+    assert np.abs(audio[:, 1]).max() > 1000, "bot channel is silent"
+    meta = json.loads((folder / "call.json").read_text())
+    assert meta["end_reason"] in {"hangup", "peer-gone"}
+
+
+async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> None:
+    base_url, bridge = bridge_server
+    caller = WebRtcCaller(base_url)
+    await caller.connect()
+    try:
+        await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
+        while not caller.received.loud_frames():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # well into the greeting
+        caller.mic.say(speak("What are your opening hours?", RATE))
+        cut = await caller.wait_event(_is_bot_final, timeout=30)
+        onset = caller.mic.speech_started_at[0]
+        answer = await caller.wait_event(
+            lambda e: _is_bot_final(e) and e is not cut and "open" in str(e.get("text")),
+            timeout=60,
+        )
+    finally:
+        await caller.close()
+
+    # The greeting was cut, and the dialog knows only the part the caller heard.
+    assert cut["interrupted"] is True
+    said, heard = str(cut["said"]), str(cut["text"])
+    assert heard and said.startswith(heard) and len(heard) < len(said) // 2
+    assert answer["interrupted"] is False
+
+    # Bot audio stops soon after the caller starts talking: the first silent stretch after
+    # onset starts within the bound (VAD onset + flush + network/jitter buffers).
+    loud = [t for t in caller.received.loud_frames() if t > onset]
+    greeting_tail = [t for t in loud if t < onset + 2.0 and not _after_gap(loud, t)]
+    last_greeting_frame = max(greeting_tail, default=onset)
+    assert last_greeting_frame - onset < 0.6, f"bot kept talking {last_greeting_frame - onset:.3f}s"
+
+    folder = await _wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
+    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    greeting = next(x for x in lines if x["who"] == "bot")
+    assert greeting["interrupted"] is True and greeting["heard"] == heard
+
+
+def _after_gap(times: list[float], t: float, gap: float = 0.3) -> bool:
+    """Whether ``t`` comes after a silence of ``gap`` s (i.e. belongs to the bot's next turn)."""
+    earlier = [x for x in times if x < t]
+    return bool(earlier) and any(b - a > gap for a, b in zip(earlier, [*earlier[1:], t]))
