@@ -66,12 +66,16 @@ class CallSettings:
 class CallMetrics:
     """What the call record and the benchmark report about one call."""
 
+    # Caller stops speaking → first frame of the bot's answer sent.
     turn_latency_ms: list[float] = field(default_factory=list)
+    # Caller starts speaking over the bot → last frame of the bot sent.
     barge_in_ms: list[float] = field(default_factory=list)
     caller_frames_dropped: int = 0
     asr_finals: int = 0
     bot_utterances: int = 0
     bot_interruptions: int = 0
+    extra: dict[str, Callable[[], object]] = field(default_factory=dict)
+    """Transport metrics by name, read when the record is written (e.g. the RTP leg's stats)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -81,6 +85,7 @@ class CallMetrics:
             "asr_finals": self.asr_finals,
             "bot_utterances": self.bot_utterances,
             "bot_interruptions": self.bot_interruptions,
+            **{name: read() for name, read in self.extra.items()},
         }
 
 
@@ -129,6 +134,7 @@ class Call:
         self._utterance_started_at: dict[str, float] = {}
         self._utterance_text: dict[str, str] = {}
         self._caller_speech_ended_at: float | None = None
+        self._last_bot_frame_at = self._started
         self._caller_samples_seen = 0
 
     # --- transport side -------------------------------------------------------------------
@@ -143,11 +149,13 @@ class Call:
 
     def pull_bot_frame(self) -> AudioFrame:
         """The bot's next 20 ms frame; the transport calls this once per tick of its clock."""
+        speaking = self.playout.speaking
         frame = self.playout.next_frame()
         now = time.monotonic()
+        if speaking:
+            self._last_bot_frame_at = now
         self.record.write_audio("bot", frame, now - self._started)
-        for event in self.playout.pop_events():
-            self._on_playout_event(event, now)
+        self._handle_playout_events(now)
         return frame
 
     def hangup(self, reason: str) -> None:
@@ -186,8 +194,8 @@ class Call:
         return self._end_reason
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], asr_stream: object) -> None:
-        for event in self.playout.flush("hangup"):
-            self._on_playout_event(event, time.monotonic())
+        self.playout.flush("hangup")
+        self._handle_playout_events(time.monotonic())
         await self._cancel_bot_turn()
         for task in tasks:
             task.cancel()
@@ -233,11 +241,15 @@ class Call:
                 events = self._vad.process(frame)
             else:
                 events = await loop.run_in_executor(self._vad_executor, self._vad.process, frame)
+            # The VAD confirms a change only after a stretch of speech or silence: date each
+            # event back to when that audio arrived, i.e. when the caller started or stopped.
+            audio_now_ms = frame.end_timestamp * 1000 / frame.sample_rate
             for event in events:
+                happened_at = time.monotonic() - max(0.0, (audio_now_ms - event.at_ms) / 1000)
                 if isinstance(event, SpeechStarted):
-                    self._on_caller_speech_started()
+                    self._on_caller_speech_started(happened_at)
                 elif isinstance(event, SpeechEnded):
-                    self._caller_speech_ended_at = time.monotonic()
+                    self._caller_speech_ended_at = happened_at
             await asr_stream.push(frame)  # type: ignore[attr-defined]
 
     def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
@@ -247,16 +259,16 @@ class Call:
         assert self._uplink_resampler is not None
         return self._uplink_resampler.process_frame(frame)
 
-    def _on_caller_speech_started(self) -> None:
+    def _on_caller_speech_started(self, onset: float) -> None:
         self._caller_speech_ended_at = None
         if not (self.playout.speaking and self.playout.interruptible):
             return
-        detected = time.monotonic()
         log.info("call %s: barge-in", self.call_id)
         self.metrics.bot_interruptions += 1
-        for event in self.playout.flush("barge-in"):
-            self._on_playout_event(event, detected)
-        self.metrics.barge_in_ms.append((time.monotonic() - detected) * 1000)
+        self.playout.flush("barge-in")
+        self._handle_playout_events(time.monotonic())
+        # Nothing of the bot is sent after the flush: its last frame went out before it.
+        self.metrics.barge_in_ms.append((self._last_bot_frame_at - onset) * 1000)
         if self._bot_task is not None:
             self._bot_task.cancel()
 
@@ -305,8 +317,8 @@ class Call:
         previous = self._bot_task
         if previous is not None and not previous.done():
             # The caller said something new before the bot finished: answer the new thing.
-            for finished in self.playout.flush("superseded"):
-                self._on_playout_event(finished, time.monotonic())
+            self.playout.flush("superseded")
+            self._handle_playout_events(time.monotonic())
             previous.cancel()
         self._bot_task = asyncio.create_task(self._bot_turn(event, previous))
 
@@ -360,6 +372,10 @@ class Call:
         pending = [f for f in self._utterances.values() if not f.done()]
         if pending:
             await asyncio.wait(pending)
+
+    def _handle_playout_events(self, now: float) -> None:
+        for event in self.playout.pop_events():
+            self._on_playout_event(event, now)
 
     def _on_playout_event(self, event: UtteranceStarted | UtteranceFinished, now: float) -> None:
         if isinstance(event, UtteranceStarted):

@@ -25,7 +25,21 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
         default=None,
         help="address to gather ICE candidates on; repeat for several (overrides webrtc.ice_hosts)",
     )
+    parser.add_argument("--sip-host", help="SIP listen/advertised address (overrides sip.host)")
+    parser.add_argument("--sip-port", type=int, help="SIP port, UDP and TCP (overrides sip.port)")
+    parser.add_argument("--rtp-ports", help="RTP port range LOW-HIGH (overrides sip.rtp_ports)")
     parser.set_defaults(func=_serve)
+
+
+def _dial_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("dial", help="place one outbound SIP call through a bridge")
+    parser.add_argument("to", help="sip:user@host[:port] (must match sip.outbound_targets)")
+    parser.add_argument("--dialplan", help="dialplan the call runs (default: the bridge's)")
+    parser.add_argument("--from", dest="from_user", help="From user of the call")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.add_argument("--server", help="bridge HTTP base URL (default: from http.host/port)")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to follow the call")
+    parser.set_defaults(func=_dial)
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -37,6 +51,15 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         config.records.dir = args.records_dir
     if args.ice_host:
         config.webrtc.ice_hosts = list(args.ice_host)
+    if args.sip_host is not None:
+        config.sip.host = args.sip_host
+    if args.sip_port is not None:
+        config.sip.port = args.sip_port
+    if args.rtp_ports is not None:
+        config.sip.rtp_ports = args.rtp_ports
+        problem = config.sip.validate()
+        if problem:
+            raise ConfigError(f"--rtp-ports: {problem}")
     return config
 
 
@@ -60,11 +83,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dial(args: argparse.Namespace) -> int:
+    from bridge.sip.dial import dial
+
+    server = args.server
+    if server is None:
+        http = _load(args).http
+        server = f"http://{http.host}:{http.port}"
+    return dial(server, args.to, dialplan=args.dialplan, from_user=args.from_user, wait=args.wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
+    _dial_parser(subparsers)
     try:
         from bridge.emulator.cli import add_parser as add_emulator
     except ImportError:

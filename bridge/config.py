@@ -7,6 +7,7 @@ errors rather than silently ignored typos.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,9 @@ class WebRtcConfig:
     ice_hosts: list[str] = field(default_factory=list)
     # STUN/TURN URLs offered to aiortc and to browsers; none unless configured.
     ice_servers: list[str] = field(default_factory=list)
+    # Inbound audio frames aiortc holds before decoding (its default is 4 = 80 ms). Caller
+    # audio feeds the VAD and recogniser, so low latency (fast barge-in) beats smoothness.
+    uplink_prefetch_frames: int = 1
 
 
 @dataclass
@@ -86,6 +90,68 @@ class CallsConfig:
 
 
 @dataclass
+class SipRateLimitConfig:
+    per_second: float = 5.0  # new requests (outside calls) per source per second...
+    burst: float = 20.0  # ...after a burst of this many
+    reply_status: int | None = None  # None: drop silently (best against scanners); or 503
+
+
+@dataclass
+class SipAuthConfig:
+    realm: str = "bridge"
+    # user -> name of the environment variable holding the password (never the password itself)
+    users: dict[str, str] = field(default_factory=dict)
+    # offered strongest first; old phones (and sipp) answer only the first, and only MD5
+    algorithms: list[Literal["SHA-256", "MD5"]] = field(default_factory=lambda: ["SHA-256", "MD5"])
+
+
+@dataclass
+class SipConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"  # listen address, also advertised in Via/Contact/SDP
+    port: int = 5060
+    transports: list[Literal["udp", "tcp"]] = field(default_factory=lambda: ["udp", "tcp"])
+    media_address: str | None = None  # SDP c= address when it differs from host
+    rtp_ports: str = "40000-40999"  # LOW-HIGH, even ports used for RTP
+    codecs: list[Literal["PCMU", "PCMA"]] = field(default_factory=lambda: ["PCMU", "PCMA"])
+    max_calls: int = 50
+    retry_after_s: int = 30  # sent with 503 when at capacity
+    routes: dict[str, str] = field(default_factory=dict)  # called user -> dialplan
+    allow_list: list[str] = field(default_factory=list)  # source CIDRs; empty allows everyone
+    refused_status: int | None = 403  # reply to sources outside allow_list; None drops
+    rate_limit: SipRateLimitConfig = field(default_factory=SipRateLimitConfig)
+    auth: SipAuthConfig = field(default_factory=SipAuthConfig)
+    # Where calls may be sent (fnmatch patterns on the whole URI); empty allows nowhere.
+    transfer_targets: list[str] = field(default_factory=list)
+    outbound_targets: list[str] = field(default_factory=list)
+    outbound_from: str = "bridge"
+    no_rtp_timeout_s: float = 20.0
+
+    def validate(self) -> str | None:
+        try:
+            low, high = self.rtp_port_range
+        except ValueError:
+            return f"rtp_ports: expected LOW-HIGH, got {self.rtp_ports!r}"
+        if not 1024 <= low < high <= 65536 or high - low < 2:
+            return f"rtp_ports: {self.rtp_ports!r} is not a range of ports 1024-65535"
+        if not self.transports:
+            return "transports: name at least one of udp, tcp"
+        if "udp" not in self.transports:
+            return "transports: udp is required (tcp is optional)"
+        for cidr in self.allow_list:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                return f"allow_list: {cidr!r} is not an address or CIDR network"
+        return None
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.rtp_ports.partition("-")
+        return int(low), int(high)
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
@@ -93,6 +159,7 @@ class Config:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     dialog: DialogConfig = field(default_factory=DialogConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
     source: str = field(default="<defaults>", init=False)
 
 

@@ -1,7 +1,7 @@
-"""Composition: engines, dialplans and the call registry, served over HTTP (and WebRTC).
+"""Composition: engines, dialplans and the call registry, served over HTTP, WebRTC and SIP.
 
-`Bridge` is the transport-independent core every front door (WebRTC signalling today, SIP next)
-uses to create calls; `serve()` wires it to an aiohttp server and runs until stopped.
+`Bridge` is the transport-independent core every front door (WebRTC signalling, the SIP front
+door) uses to create calls; `serve()` runs HTTP and SIP side by side until stopped.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ from bridge.call import Call, CallSettings, Notify
 from bridge.config import Config
 from bridge.dialog.dialplan import Dialplan, DialplanDialog, DialplanLibrary
 from bridge.media.recorder import CallRecord
+from bridge.sip import api as sip_api
+from bridge.sip.front import SipFront
+from bridge.speech.base import text_once
 from bridge.speech.factory import SpeechEngines, build_engines
 from bridge.webrtc import signalling
 from bridge.webrtc.appkeys import BRIDGE
@@ -50,8 +54,21 @@ class Bridge:
 
     async def load_engines(self) -> None:
         """Load models off the event loop; /healthz turns green when this returns."""
-        self.engines = await build_engines(self.config.speech)
+        engines = await build_engines(self.config.speech)
+        await self.warm_prompts(engines)
+        self.engines = engines
         log.info("speech engines ready")
+
+    async def warm_prompts(self, engines: SpeechEngines) -> None:
+        """Synthesise every dialplan's fixed prompts once, so callers never wait for them."""
+        started = time.monotonic()
+        texts = {
+            text for name in self.dialplans.names() for text in self.dialplans.get(name).prompts()
+        }
+        for text in sorted(texts):
+            async for _ in engines.tts.synthesize(text_once(text)):
+                pass
+        log.info("%d prompts synthesised in %.1f s", len(texts), time.monotonic() - started)
 
     def at_capacity(self) -> bool:
         return len(self.calls) >= self.config.calls.max_concurrent
@@ -132,6 +149,12 @@ async def healthz(request: web.Request) -> web.Response:
 def cors_middleware(origins: list[str]) -> Any:
     """Let the widget be embedded on other sites' pages (configured origins only)."""
 
+    def allow(origin: str | None, headers: Any) -> None:
+        if origin and ("*" in origins or origin in origins):
+            headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            headers["Access-Control-Allow-Headers"] = "Content-Type"
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -141,17 +164,15 @@ def cors_middleware(origins: list[str]) -> Any:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                response = exc
-        if origin and ("*" in origins or origin in origins):
-            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+                allow(origin, exc.headers)
+                raise
+        allow(origin, response.headers)
         return response
 
     return middleware
 
 
-def build_app(bridge: Bridge) -> web.Application:
+def build_app(bridge: Bridge, sip: SipFront | None = None) -> web.Application:
     app = web.Application(
         client_max_size=bridge.config.http.max_body_bytes,
         middlewares=[cors_middleware(bridge.config.http.cors_origins)],
@@ -159,6 +180,8 @@ def build_app(bridge: Bridge) -> web.Application:
     app[BRIDGE] = bridge
     app.router.add_get("/healthz", healthz)
     signalling.add_routes(app)
+    if sip is not None:
+        sip_api.add_routes(app, sip)
     return app
 
 
@@ -166,11 +189,14 @@ async def serve(config: Config) -> None:
     """Run the bridge until SIGINT/SIGTERM."""
     use_ice_host_addresses(config.webrtc.ice_hosts)
     bridge = Bridge(config)
-    runner = web.AppRunner(build_app(bridge), access_log=None)
+    sip = SipFront(bridge, config.sip) if config.sip.enabled else None
+    runner = web.AppRunner(build_app(bridge, sip), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
     await site.start()
     log.info("HTTP listening on http://%s:%d", config.http.host, config.http.port)
+    if sip is not None:
+        await sip.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -190,8 +216,9 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         loader.cancel()
+        if sip is not None:
+            await sip.close()
         await bridge.shutdown()
         await runner.cleanup()
     if failed:
         raise SystemExit(1)
-

@@ -54,15 +54,23 @@ def _build(cls: type[T], node: yaml.Node, source: str, prefix: str) -> T:
             choices = ", ".join(sorted(known))
             raise _error(source, key_node, dotted, f"unknown key (expected one of: {choices})")
         values[key] = _convert(hints[key], value_node, source, dotted)
-    try:
-        instance = cls(**values)
-    except TypeError as exc:  # a required field is missing
-        raise _error(source, node, prefix.rstrip(".") or "(top level)", str(exc)) from exc
+    where = prefix.rstrip(".") or "(top level)"
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise _error(source, node, where, f"missing required key {missing[0]!r}")
+    instance = cls(**values)
     validate = getattr(instance, "validate", None)
     if validate is not None:
         problem = validate()
         if problem:
-            raise _error(source, node, prefix.rstrip(".") or "(top level)", problem)
+            raise _error(source, node, where, problem)
     return instance
 
 

@@ -69,6 +69,7 @@ async def bridge_server(
     config.webrtc.ice_hosts = ["127.0.0.1"]
     use_ice_host_addresses(config.webrtc.ice_hosts)
     bridge = Bridge(config)
+    await bridge.warm_prompts(speech_engines)
     bridge.engines = speech_engines
     runner = web.AppRunner(build_app(bridge), access_log=None)
     await runner.setup()

@@ -69,6 +69,10 @@ class Dialplan:
             return f"duplicate intent names: {', '.join(duplicates)}"
         return None
 
+    def prompts(self) -> list[str]:
+        """Every fixed text the bot may say (synthesised ahead of the first call)."""
+        return [self.greeting, *(i.say for i in self.intents), self.fallback, self.goodbye]
+
     def match(self, text: str) -> Intent | None:
         """The intent with the most keyword hits in ``text`` (file order breaks ties)."""
         words = " " + " ".join(re.findall(r"[a-z0-9']+", text.lower())) + " "

@@ -61,8 +61,9 @@ _SEEN_LIMIT = 2048
 @dataclass(slots=True)
 class JitterStats:
     """Counters since creation. ``received`` counts every pushed packet; ``lost`` counts
-    packets skipped because they had not arrived when due (a late arrival is also counted as
-    ``late``); ``concealed_ms`` is all synthesised output, including fill while re-buffering;
+    packets skipped because they had not arrived when due; ``late`` counts packets dropped
+    because their time had passed, including strays of a replaced stream or timeline;
+    ``concealed_ms`` is all synthesised output, including fill while re-buffering;
     ``depth_ms`` is the audio buffered ahead of the cursor and ``target_ms`` the slack aimed
     for; ``jitter_ms`` is the RFC 3550 interarrival jitter estimate."""
 
@@ -241,9 +242,9 @@ class JitterBuffer:
                 self._previous_ssrc = self._ssrc
             self._reset_stream(packet.ssrc)
         elif self._is_discontinuous(packet, arrival):
-            held = self._probation
-            self._probation = (packet, arrival)
+            held, self._probation = self._probation, (packet, arrival)
             if held is None or packet.sequence_number != (held[0].sequence_number + 1) & 0xFFFF:
+                self._stats.late += held is not None  # a held stray is replaced unused
                 return
             self._stats.resyncs += 1
             self._reset_stream(packet.ssrc)
@@ -356,7 +357,7 @@ class JitterBuffer:
     def _shrink_cut(self, x: np.ndarray, n: int, excess: int) -> int:
         if n <= excess and AudioFrame(x[: 2 * n], self._rate).rms() < _QUIET_RMS:
             return n
-        lag = self._concealer.pitch_lag(x[: n + 2 * self._concealer.max_lag])
+        lag = self._concealer.pitch_lag(x[: 2 * self._concealer.max_lag])  # where the cut goes
         return lag if lag <= excess else 0
 
     def _read(self, n: int) -> tuple[np.ndarray, np.ndarray]:

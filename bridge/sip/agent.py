@@ -26,6 +26,7 @@ from bridge.sip.events import (
     Event,
     IncomingCall,
     MediaUpdated,
+    TransferProgress,
 )
 from bridge.sip.headers import Headers
 from bridge.sip.message import (
@@ -57,12 +58,13 @@ from bridge.sip.uri import NameAddress, SipUri
 
 log = logging.getLogger(__name__)
 
-ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO")
+ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
 # Methods we recognise but do not serve get 405; anything else 501 (§8.2.1).
 KNOWN = (*ALLOWED, "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "UPDATE", "MESSAGE", "REFER")
 DTMF_DIGITS = "0123456789*#ABCD"
 _RELAY_SIGNAL = re.compile(r"^\s*Signal\s*=\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 _RELAY_DURATION = re.compile(r"^\s*Duration\s*=\s*(\d{1,6})", re.IGNORECASE | re.MULTILINE)
+_SIPFRAG_STATUS = re.compile(r"^SIP/2\.0\s+(\d{3})\s*([^\r\n]*)")
 
 
 @dataclass
@@ -81,6 +83,7 @@ class AgentConfig:
     busy_status: int = 486  # or 503, sent with Retry-After
     retry_after: int = 30
     allow_list: AllowList = field(default_factory=AllowList)
+    allow_list_status: int | None = None  # None: drop silently; else refuse with this (403)
     rate_limiter: RateLimiter | None = None
     rate_limit_status: int | None = None  # None: drop silently (best against scanners)
     verifier: DigestVerifier | None = None
@@ -138,7 +141,8 @@ class UserAgent:
         self._sweep(now)
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
-        if not self.config.allow_list.allows(source.host):
+        allowed = self.config.allow_list.allows(source.host)
+        if not allowed and self.config.allow_list_status is None:
             log.info("dropped message from %s: not in the allow-list", source.host)
             return
         framed = source.transport != "udp"
@@ -146,10 +150,13 @@ class UserAgent:
             message = parse_message(data, max_size=self.config.max_message_size, framed=framed)
         except SipParseError as exc:
             log.info("bad SIP message from %s: %s", source, exc.reason)
-            if exc.status is not None and exc.request is not None:
+            if allowed and exc.status is not None and exc.request is not None:
                 reason = exc.reason if exc.status == 400 else ""
                 reply = response_to(exc.request, exc.status, _printable(reason), _new_tag())
                 self._transmit(reply, source)
+            return
+        if not allowed:
+            self._refuse(message, source)
             return
         if isinstance(message, Response):
             self._on_response(message, now)
@@ -176,7 +183,10 @@ class UserAgent:
         if call is None or call.outbound or call.state != "offering":
             return
         assert isinstance(call.tx, ServerInviteTransaction)
-        call.tx.respond(self._response(call.invite, status, call.local_tag), now)
+        reply = self._response(call.invite, status, call.local_tag)
+        if status == 503:
+            reply.headers.add("Retry-After", str(self.config.retry_after))
+        call.tx.respond(reply, now)
         self._end(call, CallEnded(call_id, f"rejected {status}"))
         self._sweep(now)
 
@@ -239,6 +249,23 @@ class UserAgent:
         self._send_bye(call, now)
         self._end(call, CallEnded(call_id, "local hangup"))
         self._sweep(now)
+
+    def refer(self, call_id: str, target: str, now: float) -> bool:
+        """Blind transfer (RFC 3515): ask the peer of an answered call to call ``target``.
+
+        Progress arrives as :class:`TransferProgress` events (the REFER's response, then the
+        NOTIFYs of the implicit subscription). Returns False when the call cannot transfer.
+        """
+        call = self.calls.get(call_id)
+        if call is None or call.state != "answered" or call.dialog is None:
+            return False
+        transport = call.remote.transport
+        refer = call.dialog.request("REFER", self._via(transport), self._contact(transport))
+        refer.headers.add("Refer-To", f"<{SipUri.parse(target)}>")
+        refer.headers.add("Referred-By", str(call.dialog.local.uri))
+        self._start_client(refer, call.remote, now)
+        self._sweep(now)
+        return True
 
     # -- requests -----------------------------------------------------------------------
 
@@ -380,6 +407,8 @@ class UserAgent:
             self._end(call, CallEnded(call.call_id, "remote hangup"))
         elif request.method == "INFO":
             self._on_info(call, request, tx, now)
+        elif request.method == "NOTIFY":
+            self._on_notify(call, request, tx, now)
         else:
             self._on_reinvite(call, request, tx, now)
 
@@ -444,6 +473,28 @@ class UserAgent:
         tx.respond(self._response(request, 200), now)
         self._events.append(DtmfInfo(call.call_id, digit, millis))
 
+    def _on_notify(
+        self,
+        call: Call,
+        request: Request,
+        tx: ServerInviteTransaction | ServerTransaction,
+        now: float,
+    ) -> None:
+        """Progress of a transfer we asked for: a ``message/sipfrag`` status line (RFC 3515)."""
+        event = (request.headers.get("Event") or "").partition(";")[0].strip().lower()
+        if event != "refer":
+            tx.respond(self._response(request, 489, reason="Bad Event"), now)
+            return
+        found = _SIPFRAG_STATUS.match(request.body.decode("utf-8", "replace").lstrip())
+        if found is None:
+            tx.respond(self._response(request, 400, reason="Bad sipfrag"), now)
+            return
+        tx.respond(self._response(request, 200), now)
+        state = (request.headers.get("Subscription-State") or "").strip().lower()
+        status = int(found[1])
+        final = state.startswith("terminated") or status >= 200
+        self._events.append(TransferProgress(call.call_id, status, found[2].strip(), final))
+
     def _on_cancel(
         self, request: Request, tx: ServerInviteTransaction | ServerTransaction, now: float
     ) -> None:
@@ -481,7 +532,14 @@ class UserAgent:
             return
         delivered = tx.receive_response(response, now)
         call = self.calls.get(response.call_id)
-        if delivered is None or call is None or not isinstance(tx, ClientInviteTransaction):
+        if delivered is None or call is None:
+            return
+        if tx.request.method == "REFER" and response.status >= 200:
+            accepted = response.status < 300  # then NOTIFYs tell how the new call goes
+            self._events.append(
+                TransferProgress(call.call_id, response.status, response.reason, not accepted)
+            )
+        if not isinstance(tx, ClientInviteTransaction):
             return
         if tx is not call.tx:
             return
@@ -587,7 +645,7 @@ class UserAgent:
     def _sweep(self, now: float) -> None:
         """Transmit what transactions queued; react to and forget finished ones."""
         timed_out: list[Transaction] = []
-        tables: list[dict] = [self._server, self._client]
+        tables: tuple[dict, ...] = (self._server, self._client)
         for table in tables:
             for key, tx in list(table.items()):
                 for message in tx.outbox:
@@ -620,6 +678,15 @@ class UserAgent:
             self._end(call, CallEnded(call.call_id, "no ACK"))
         elif isinstance(tx, ClientInviteTransaction) and tx is call.tx:
             self._end(call, CallFailed(call.call_id, 408, "Request Timeout"))
+        elif tx.request.method == "REFER":
+            self._events.append(TransferProgress(call.call_id, 408, "Request Timeout", True))
+
+    def _refuse(self, message: Message, source: Address) -> None:
+        """Answer a request from a source outside the allow-list (never an ACK or response)."""
+        status = self.config.allow_list_status
+        if isinstance(message, Request) and message.method != "ACK" and status is not None:
+            log.info("refused %s from %s: not in the allow-list", message.method, source.host)
+            self._transmit(self._response(message, status), source)
 
     def _transmit(self, message: Message, remote: Address) -> None:
         self._outgoing.append((message.serialise(), remote))

@@ -69,6 +69,12 @@ class SipEndpoint:
         self.agent.hangup(call_id, self._now())
         self._pump()
 
+    def refer(self, call_id: str, target: str) -> bool:
+        """Blind-transfer an answered call to ``target``; progress comes as events."""
+        sent = self.agent.refer(call_id, target, self._now())
+        self._pump()
+        return sent
+
     def _receive(self, data: bytes, source: Address) -> None:
         self.agent.receive(data, source, self._now())
         self._pump()

@@ -100,6 +100,24 @@ class DtmfInfo:
     duration_ms: int | None = None
 
 
+@dataclass(frozen=True)
+class TransferProgress:
+    """How a blind transfer we asked for is going: the REFER's response, then the transfer
+    target's status lines from NOTIFY. ``final`` is set on the last report (success or not)."""
+
+    call_id: str
+    status: int
+    reason: str
+    final: bool
+
+
 Event = (
-    IncomingCall | CallProgress | CallAnswered | CallFailed | CallEnded | MediaUpdated | DtmfInfo
+    IncomingCall
+    | CallProgress
+    | CallAnswered
+    | CallFailed
+    | CallEnded
+    | MediaUpdated
+    | DtmfInfo
+    | TransferProgress
 )

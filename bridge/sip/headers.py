@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 COMPACT_FORMS = {
     "a": "Accept-Contact",
@@ -128,10 +128,6 @@ def get_param(params: Params, name: str) -> str | None:
     return next((v for k, v in params if k.lower() == name.lower()), None)
 
 
-def has_param(params: Params, name: str) -> bool:
-    return any(k.lower() == name.lower() for k, _ in params)
-
-
 def set_param(params: Params, name: str, value: str | None) -> Params:
     kept = tuple((k, v) for k, v in params if k.lower() != name.lower())
     return (*kept, (name, value))
@@ -184,9 +180,6 @@ class Via:
     @property
     def sent_by(self) -> tuple[str, int]:
         return self.host, self.port or 5060
-
-    def with_param(self, name: str, value: str | None) -> Via:
-        return replace(self, params=set_param(self.params, name, value))
 
 
 def parse_cseq(value: str) -> tuple[int, str]:

@@ -52,9 +52,6 @@ class SipUri:
     def transport(self) -> str:
         return (self.param("transport") or "udp").lower()
 
-    def with_port(self, port: int | None) -> SipUri:
-        return replace(self, port=port)
-
 
 @dataclass(frozen=True, slots=True)
 class NameAddress:

@@ -14,7 +14,8 @@ import logging
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from bridge.call import Call
@@ -53,10 +54,7 @@ def to_mono(frame: av.AudioFrame) -> AudioFrame:
     """Convert a decoded aiortc frame (packed s16, any channel count) to our mono frame."""
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        mono = data[0]
-    else:
-        mono = data.reshape(-1)[::channels]
+    mono = data[0] if frame.format.is_planar else data.reshape(-1)[::channels]
     return AudioFrame(np.ascontiguousarray(mono, dtype=np.int16), frame.sample_rate, frame.pts or 0)
 
 
@@ -73,3 +71,17 @@ async def pump_caller_audio(track: MediaStreamTrack, call: Call) -> None:
     except Exception:
         log.exception("call %s: inbound audio failed", call.call_id)
         call.hangup("error")
+
+
+def set_uplink_prefetch(receiver: RTCRtpReceiver, frames: int) -> None:
+    """Make aiortc hold ``frames`` inbound audio frames instead of its fixed four (80 ms).
+
+    Caller audio feeds a VAD and a recogniser, not a listener's ears: a late packet costs them
+    little, while every buffered frame delays barge-in. aiortc has no option for this, so the
+    receiver's private buffer is replaced (checked against the pinned aiortc major version).
+    """
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    if not hasattr(receiver, attribute):
+        log.warning("this aiortc version has no %s; uplink prefetch left at default", attribute)
+        return
+    setattr(receiver, attribute, JitterBuffer(capacity=16, prefetch=frames))

@@ -16,7 +16,12 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from bridge.dialog.dialplan import DialplanError
 from bridge.webrtc.appkeys import BRIDGE
-from bridge.webrtc.peer import WEBRTC_RATE, BotAudioTrack, pump_caller_audio
+from bridge.webrtc.peer import (
+    WEBRTC_RATE,
+    BotAudioTrack,
+    pump_caller_audio,
+    set_uplink_prefetch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +91,10 @@ async def offer(request: web.Request) -> web.Response:
             pending.append(message)
 
     call = bridge.create_call(
-        channel="webrtc", dialplan=plan, output_rate=WEBRTC_RATE, notify=notify,
+        channel="webrtc",
+        dialplan=plan,
+        output_rate=WEBRTC_RATE,
+        notify=notify,
         remote=request.remote or "",
     )
 
@@ -127,6 +135,7 @@ async def offer(request: web.Request) -> web.Response:
 
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio":
+            set_uplink_prefetch(transceiver.receiver, bridge.config.webrtc.uplink_prefetch_frames)
             bridge.spawn(pump_caller_audio(transceiver.receiver.track, call))
     bridge.spawn(run_call())
     return web.json_response(

@@ -112,4 +112,30 @@ async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> 
 def _after_gap(times: list[float], t: float, gap: float = 0.3) -> bool:
     """Whether ``t`` comes after a silence of ``gap`` s (i.e. belongs to the bot's next turn)."""
     earlier = [x for x in times if x < t]
-    return bool(earlier) and any(b - a > gap for a, b in zip(earlier, [*earlier[1:], t]))
+    return bool(earlier) and any(
+        b - a > gap for a, b in zip(earlier, [*earlier[1:], t], strict=True)
+    )
+
+
+async def test_vanished_peer_ends_the_call_and_keeps_its_record(bridge_server) -> None:
+    base_url, bridge = bridge_server
+    bridge.config.calls.no_media_timeout_s = 2.0
+    caller = WebRtcCaller(base_url)
+    await caller.connect()
+    try:
+        await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
+        caller.mic.stop()  # the caller's audio stops arriving, nobody says goodbye
+        folder = await _wait_for_call_record(
+            Path(bridge.config.records.dir), caller.call_id, timeout=15
+        )
+    finally:
+        await caller.close()
+    meta = json.loads((folder / "call.json").read_text())
+    assert meta["end_reason"] == "no-media"
+    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    greeting = next(x for x in lines if x["who"] == "bot")
+    assert greeting["interrupted"] is True  # cut by the hang-up, and recorded as such
+    assert lines[-1]["who"] == "system" and lines[-1]["text"] == "call ended: no-media"
+    with wave.open(str(folder / "recording.wav")) as wav:
+        assert wav.getnchannels() == 2 and wav.getnframes() > 0
+    assert not bridge.calls

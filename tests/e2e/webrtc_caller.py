@@ -8,6 +8,7 @@ frame is kept with its arrival time so tests can check what a caller would have 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import time
@@ -34,6 +35,7 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._start: float | None = None
         self._sent = 0
         self.speech_started_at: list[float] = []  # when each spoken stretch's first frame left
+        self.speech_ended_at: list[float] = []  # when each spoken stretch's last frame left
         self._was_silent = True
 
     def say(self, samples: np.ndarray) -> None:
@@ -54,6 +56,8 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._pending = self._pending[FRAME:]
         if chunk.size and self._was_silent:
             self.speech_started_at.append(time.monotonic())
+        if chunk.size and self._pending.size == 0:
+            self.speech_ended_at.append(time.monotonic())
         self._was_silent = chunk.size == 0
         if chunk.size < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - chunk.size, np.int16)])
@@ -115,11 +119,13 @@ class WebRtcCaller:
         body: dict[str, object] = {"sdp": self._pc.localDescription.sdp, "type": "offer"}
         if self.dialplan:
             body["dialplan"] = self.dialplan
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{self.base_url}/api/webrtc/offer", json=body) as response:
-                answer = await response.json()
-                if response.status != 200:
-                    raise RuntimeError(f"offer refused: {response.status} {answer}")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{self.base_url}/api/webrtc/offer", json=body) as response,
+        ):
+            answer = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"offer refused: {response.status} {answer}")
         self.call_id = str(answer["call_id"])
         await self._pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
 
@@ -144,10 +150,8 @@ class WebRtcCaller:
             if remaining <= 0:
                 raise TimeoutError(f"no matching event in {timeout} s; got {self.events}")
             self._event_arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event_arrived.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def bot_finals(self) -> list[dict[str, object]]:
         return [e for e in self.events if e.get("who") == "bot" and e.get("final")]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import threading
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,3 +165,42 @@ async def test_fakes_still_work_with_the_sdk(monkeypatch: pytest.MonkeyPatch) ->
         )
         audio = await asyncio.to_thread(synth.call, "One two.")
         assert len(audio) == 2 * 8000 * 20 * (4 + 5) // 1000
+
+
+@pytest.mark.parametrize("mode", ["server_commit", "commit"])
+async def test_sdk_qwen_tts_realtime(emu: Emulator, mode: str) -> None:
+    from dashscope.audio.qwen_tts_realtime import QwenTtsRealtime, QwenTtsRealtimeCallback
+
+    class Collect(QwenTtsRealtimeCallback):
+        def __init__(self) -> None:
+            self.audio = bytearray()
+            self.types: list[str] = []
+            self.done = threading.Event()
+
+        def on_event(self, message: dict) -> None:
+            self.types.append(message["type"])
+            if message["type"] == "response.audio.delta":
+                self.audio += base64.b64decode(message["delta"])
+            if message["type"] == "session.finished":
+                self.done.set()
+
+    collect = Collect()
+
+    def run() -> None:
+        client = QwenTtsRealtime("qwen3-tts-flash-realtime", callback=collect, url=emu.realtime_url)
+        client.connect()
+        client.update_session(voice="Cherry", mode=mode, language_type="English")
+        for piece in ["Please call ", "me back ", "tomorrow morning."]:
+            client.append_text(piece)
+        if mode == "commit":
+            client.commit()
+        client.finish()
+        assert collect.done.wait(60)
+        client.close()
+
+    await asyncio.to_thread(run)
+    assert collect.types[0] == "session.created"
+    assert "session.updated" in collect.types and collect.types[-1] == "session.finished"
+    assert collect.types.index("response.audio.done") < collect.types.index("response.done")
+    heard = await transcribe(emu.asr, pcm(bytes(collect.audio)), 24000)
+    assert words(heard) == words(PHRASE)

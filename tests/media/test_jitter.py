@@ -98,6 +98,12 @@ def rms(pcm: np.ndarray) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
 
 
+def plays(out: np.ndarray, segment: np.ndarray) -> bool:
+    """Whether ``segment`` comes out unaltered somewhere in ``out``."""
+    windows = np.lib.stride_tricks.sliding_window_view(out, segment.size)
+    return bool(np.any(np.all(windows == segment, axis=1)))
+
+
 def delayed(arrivals: Arrivals, index: int, extra: float) -> Arrivals:
     moved = list(arrivals)
     moved[index] = (moved[index][0] + extra, moved[index][1])
@@ -109,8 +115,8 @@ def test_pop_returns_none_until_buffered() -> None:
     assert buffer.pop(0.0) is None
     arrivals, _ = stream(1)
     buffer.push(arrivals[0][1], arrivals[0][0])
-    assert buffer.pop(0.05) is None  # 20 ms buffered of the 60 ms wanted
-    frame = buffer.pop(0.09)
+    assert buffer.pop(0.07) is None  # held 40 ms of the 60 ms wanted
+    frame = buffer.pop(0.1)
     assert frame is not None and frame.timestamp == 0
 
 
@@ -159,12 +165,7 @@ def test_loss_burst_is_concealed_then_fades(burst: int) -> None:
     out, history = run(buffer, kept, 100)
 
     stats = history[-1]
-    assert (stats.received, stats.played, stats.lost, stats.late) == (
-        100 - burst,
-        100 - burst,
-        burst,
-        0,
-    )
+    assert (stats.received, stats.played, stats.lost) == (100 - burst, 100 - burst, burst)
     assert stats.concealed_ms == burst * 20
 
     frames = out.reshape(100, FRAME)
@@ -183,12 +184,12 @@ def test_loss_burst_is_concealed_then_fades(burst: int) -> None:
 def test_late_packet_is_dropped_counted_and_grows_delay() -> None:
     arrivals, pcm = stream(150)
     buffer = fixed_delay_buffer()
-    out, history = run(buffer, delayed(arrivals, 30, 0.3), 150)
+    out, history = run(buffer, delayed(arrivals, 30, 0.3), 170)
 
     stats = history[-1]
     assert (stats.received, stats.late, stats.lost, stats.played) == (150, 1, 1, 149)
     assert max(s.target_ms for s in history) == 200  # capped at max_delay_ms
-    assert history[-1].depth_ms > history[30].depth_ms + 60
+    assert max(s.depth_ms for s in history) > history[30].depth_ms + 60
     assert max_step(out) <= MAX_STEP
     np.testing.assert_array_equal(out[: 30 * FRAME], pcm[: 30 * FRAME])
 
@@ -204,7 +205,7 @@ def test_jitter_spike_grows_depth_then_shrinks_after_calm(stall: float) -> None:
 
     before, peak, after = history[190], max(s.depth_ms for s in history), history[-1]
     assert before.depth_ms <= 60
-    assert peak >= before.depth_ms + stall * 1000 - 20  # the stall's audio was kept, not lost
+    assert peak >= stall * 1000 - 5  # the cursor held: the stall's audio was kept, not lost
     assert (after.lost, after.late) == (0, 0)
     assert after.depth_ms <= 40 and after.target_ms == 20
     assert max_step(out) <= MAX_STEP
@@ -215,12 +216,11 @@ def test_ssrc_change_resets_and_plays_new_stream() -> None:
     new, new_pcm = stream(60, seq0=7, ts0=123456, ssrc=2, freq=300, start=1.0)
     buffer = fixed_delay_buffer()
     stale = (old[-1][0] + 0.3, replace(old[-1][1], sequence_number=1100))  # old SSRC, too late
-    out, history = run(buffer, [*old, *new, stale], 110)
+    out, history = run(buffer, [*old, *new, stale], 115)
 
     stats = history[-1]
     assert (stats.ssrc_changes, stats.resyncs, stats.late) == (1, 0, 1)
-    tail = 40 * FRAME
-    np.testing.assert_array_equal(out[-tail:], new_pcm[-tail - 3 * FRAME : -3 * FRAME])
+    assert plays(out, new_pcm[-50 * FRAME :])
     assert max_step(out) <= MAX_STEP
 
 
@@ -235,21 +235,18 @@ def test_ssrc_change_resets_and_plays_new_stream() -> None:
 def test_timeline_jump_resyncs(jump: dict[str, int]) -> None:
     arrivals, pcm = stream(100)
     moduli = {"timestamp": 1 << 32, "sequence_number": 1 << 16}
-    moved = [
-        (
-            t,
-            p
-            if i < 50
-            else replace(p, **{k: (getattr(p, k) + v) % moduli[k] for k, v in jump.items()}),
-        )
-        for i, (t, p) in enumerate(arrivals)
-    ]
+
+    def shift(p: RtpPacket) -> RtpPacket:
+        return replace(p, **{k: (getattr(p, k) + v) % moduli[k] for k, v in jump.items()})
+
+    moved = [(t, p if i < 50 else shift(p)) for i, (t, p) in enumerate(arrivals)]
     buffer = fixed_delay_buffer()
-    out, history = run(buffer, moved, 100)
+    out, history = run(buffer, moved, 105)
 
     stats = history[-1]
     assert (stats.resyncs, stats.ssrc_changes, stats.late, stats.lost) == (1, 0, 0, 0)
-    np.testing.assert_array_equal(out[-30 * FRAME :], pcm[-33 * FRAME : -3 * FRAME])
+    assert plays(out, pcm[-45 * FRAME :])
+    assert max_step(out) <= MAX_STEP
 
 
 def test_stray_packet_does_not_resync() -> None:
@@ -286,3 +283,20 @@ def test_silence_gap_in_sending_resumes_without_loss() -> None:
 def test_rejects_inconsistent_delays() -> None:
     with pytest.raises(ValueError, match="min_delay_ms"):
         make_buffer(min_delay_ms=100, initial_delay_ms=60)
+
+
+@pytest.mark.parametrize("freq", [TONE_HZ, 0.0], ids=["tone", "silence"])
+def test_excess_delay_shrinks_without_clicks_or_holes(freq: float) -> None:
+    arrivals, _ = stream(500, freq=freq)
+    buffer = make_buffer(min_delay_ms=20, initial_delay_ms=200)
+    out, history = run(buffer, arrivals, 450)
+
+    assert history[20].depth_ms >= 180
+    assert history[-1].depth_ms <= 40
+    assert (history[-1].lost, history[-1].concealed_ms) == (0, 0)
+    assert max_step(out) <= MAX_STEP
+    levels = [rms(frame) for frame in out.reshape(-1, FRAME)]
+    if freq:  # every frame is still the tone at full level: cuts are pitch-synchronous
+        assert min(levels) > 0.95 * rms(tone(FRAME * 10))
+    else:
+        assert max(levels) == 0

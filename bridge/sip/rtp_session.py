@@ -1,0 +1,238 @@
+"""One call's RTP leg: a sans-I/O core (:class:`RtpSession`) and its adapter (:class:`RtpLeg`).
+
+The core takes datagrams and the time and hands back digits, caller frames and packets to send;
+the adapter owns the UDP socket and one 20 ms :class:`PlayoutClock` that drives both directions,
+so outbound pacing and inbound playout can never drift apart.
+
+Choices, and why:
+
+* Symmetric RTP (RFC 4961): phones behind NAT send from a different address than their SDP
+  says, so after the first valid packet we send to where the caller's RTP actually comes from.
+  The latch is taken once per offer/answer (a re-INVITE may move the stream), so stray or
+  spoofed packets cannot steal a running call's media.
+* The clock ticks every 20 ms, the call's frame size. Packets carry the negotiated ``ptime`` of
+  audio and go out as soon as that much is ready, so 40/60 ms ptimes are paced exactly and 30 ms
+  ones alternate 20/40 ms gaps, which every jitter buffer absorbs.
+* The call always gets one frame per tick (jitter-buffer output, or silence before the first
+  packet and while on hold), so its own no-media watchdog never fires for SIP calls: the RTP
+  timeout here is the single judge of a dead peer, and it knows about hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from bridge.call import Call
+from bridge.media.dtmf import DtmfReceiver
+from bridge.media.frame import AudioFrame
+from bridge.media.g711 import Codec, codec_by_name
+from bridge.media.jitter import JitterBuffer
+from bridge.media.playout import PlayoutClock
+from bridge.media.rtp import RtpError, RtpPacket, RtpPacketizer
+from bridge.sip.sdp import NegotiatedMedia
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+_RECEIVING = ("sendrecv", "recvonly")
+
+
+@dataclass(frozen=True, slots=True)
+class RtpSettings:
+    no_rtp_timeout_s: float = 20.0
+    min_delay_ms: float = 20
+    max_delay_ms: float = 200
+    initial_delay_ms: float = 60
+
+
+@dataclass(slots=True)
+class RtpCounters:
+    received: int = 0
+    ignored: int = 0  # malformed, wrong payload type, or from elsewhere once latched
+    sent: int = 0
+    digits: int = 0
+
+
+class RtpSession:
+    """The RTP state of one call, sans-I/O: feed datagrams in, pull frames and packets out."""
+
+    def __init__(self, media: NegotiatedMedia, now: float, settings: RtpSettings) -> None:
+        self.settings = settings
+        self.counters = RtpCounters()
+        self._codec = _codec(media)
+        self._frame = media.clock_rate * FRAME_MS // 1000
+        self._jitter = JitterBuffer(
+            media.clock_rate,
+            self._frame,
+            lambda packet: self._codec.decode(packet.payload),
+            min_delay_ms=settings.min_delay_ms,
+            max_delay_ms=settings.max_delay_ms,
+            initial_delay_ms=settings.initial_delay_ms,
+        )
+        self._dtmf = DtmfReceiver()
+        self._packetizer = RtpPacketizer(media.payload_type)
+        self._pending = np.empty(0, np.int16)
+        self._last_heard = now
+        self.media = media
+        self.remote = (media.remote_addr, media.remote_port)
+        self.latched = False
+
+    def update(self, media: NegotiatedMedia, now: float) -> None:
+        """Apply a re-INVITE: hold/resume, a new codec, or a new address (which re-latches)."""
+        address = (media.remote_addr, media.remote_port)
+        if address != (self.media.remote_addr, self.media.remote_port):
+            self.remote, self.latched = address, False
+        if media.may_send and not self.media.may_send:
+            self._packetizer.start_talkspurt()
+        if media.direction in _RECEIVING and self.media.direction not in _RECEIVING:
+            self._last_heard = now  # the timeout restarts when the peer is due to send again
+        self._codec = _codec(media)
+        self._packetizer.payload_type = media.payload_type
+        self.media = media
+
+    def receive(self, data: bytes, source: tuple[str, int], now: float) -> str | None:
+        """Take one datagram; returns a digit when it starts a new RFC 4733 key press."""
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.counters.ignored += 1
+            return None
+        pt = packet.payload_type
+        if pt not in (self.media.payload_type, self.media.telephone_event_pt) or (
+            self.latched and source != self.remote
+        ):
+            self.counters.ignored += 1
+            return None
+        if not self.latched:
+            self.remote, self.latched = source, True
+        self.counters.received += 1
+        self._last_heard = now
+        if pt == self.media.payload_type:
+            self._jitter.push(packet, now)
+            return None
+        try:
+            digit = self._dtmf.feed(packet.timestamp, packet.payload)
+        except ValueError:
+            return None
+        self.counters.digits += digit is not None
+        return digit
+
+    def caller_audio(self, now: float) -> AudioFrame:
+        """The caller's next 20 ms: buffered audio, concealment, or silence before any arrived."""
+        frame = self._jitter.pop(now)
+        if frame is None:
+            return AudioFrame(np.zeros(self._frame, np.int16), self.media.clock_rate)
+        return frame
+
+    def outbound(self, pull: Callable[[], AudioFrame]) -> bytes | None:
+        """Take the bot's next 20 ms frame from ``pull``; the packet to send once a ``ptime``
+        of audio is ready, None otherwise (or while the peer holds us)."""
+        frame = pull()
+        rate = self.media.clock_rate
+        if frame.sample_rate != rate:
+            raise ValueError(f"bot frame at {frame.sample_rate} Hz, RTP runs at {rate}")
+        self._pending = np.concatenate([self._pending, frame.samples])
+        size = rate * self.media.ptime // 1000
+        if self._pending.size < size:
+            return None
+        samples, self._pending = self._pending[:size], self._pending[size:]
+        if not self.media.may_send:
+            self._packetizer.advance(size)
+            return None
+        self.counters.sent += 1
+        return self._packetizer.packetize(self._codec.encode(samples), size).serialize()
+
+    def timed_out(self, now: float) -> bool:
+        """No RTP for too long while the peer is meant to send (hold does not count)."""
+        receiving = self.media.direction in _RECEIVING
+        return receiving and now - self._last_heard > self.settings.no_rtp_timeout_s
+
+    def stats(self) -> dict[str, object]:
+        jitter = asdict(self._jitter.stats)
+        jitter = {k: round(v, 1) if isinstance(v, float) else v for k, v in jitter.items()}
+        return {"codec": self.media.codec, **asdict(self.counters), "jitter": jitter}
+
+
+def _codec(media: NegotiatedMedia) -> Codec:
+    codec = codec_by_name(media.codec)
+    if codec is None:
+        raise ValueError(f"no codec {media.codec!r} for RTP")
+    return codec
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, leg: RtpLeg) -> None:
+        self.leg = leg
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.leg.received(data, (addr[0], addr[1]))
+
+
+class RtpLeg:
+    """The RTP socket and the 20 ms clock of one call, feeding and draining its :class:`Call`."""
+
+    def __init__(
+        self, call: Call, media: NegotiatedMedia, host: str, port: int, settings: RtpSettings
+    ) -> None:
+        self.call = call
+        self.host, self.port = host, port
+        self.session = RtpSession(media, time.monotonic(), settings)
+        self.clock = PlayoutClock(FRAME_MS / 1000)
+        self._transport: asyncio.DatagramTransport | None = None
+        call.metrics.extra["rtp"] = self.stats
+
+    async def start(self) -> None:
+        """Bind the port the SDP answer announced (before answering, so no packet is lost)."""
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=(self.host, self.port)
+        )
+
+    def received(self, data: bytes, source: tuple[str, int]) -> None:
+        digit = self.session.receive(data, source, time.monotonic())
+        if digit is not None:
+            self.call.dtmf(digit)
+
+    def update(self, media: NegotiatedMedia) -> None:
+        self.session.update(media, time.monotonic())
+
+    async def run(self) -> None:
+        """Tick until the call ends: send the bot's audio, feed the caller's, watch for silence."""
+        try:
+            while not self.call.ended:
+                await self.clock.wait_next()
+                packet = self.session.outbound(self.call.pull_bot_frame)
+                if packet is not None and self._transport is not None:
+                    self._transport.sendto(packet, self.session.remote)
+                now = time.monotonic()
+                self.call.feed_caller_audio(self.session.caller_audio(now))
+                if self.session.timed_out(now):
+                    log.info("call %s: RTP timed out", self.call.call_id)
+                    self.call.hangup("no-media")
+        except Exception:
+            log.exception("call %s: RTP leg failed", self.call.call_id)
+            self.call.hangup("error")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.close()
+            self._transport = None
+
+    def stats(self) -> dict[str, object]:
+        """Session counters, jitter-buffer stats and send-tick lateness (ms) for records/benches."""
+        lateness = np.array(self.clock.lateness) * 1000
+        ticks: dict[str, object] = {"ticks": int(lateness.size), "skipped": self.clock.skipped}
+        if lateness.size:
+            p50, p99 = np.percentile(lateness, [50, 99])
+            ticks |= {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
+            low, high = float(lateness.min()), float(lateness.max())
+            ticks |= {"min_ms": round(low, 2), "max_ms": round(high, 2)}
+        return {**self.session.stats(), "send_lateness": ticks}
