@@ -40,6 +40,7 @@ from bridge.media.recorder import CallRecord
 from bridge.media.resample import Resampler
 from bridge.media.vad import SpeechEnded, SpeechStarted, Vad
 from bridge.speech.base import ASR, TTS, Transcript, text_once
+from bridge.speech.dashscope.metrics import StreamMetrics, summary
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class CallMetrics:
     bot_interruptions: int = 0
     extra: dict[str, Callable[[], object]] = field(default_factory=dict)
     """Transport metrics by name, read when the record is written (e.g. the RTP leg's stats)."""
+    # Cloud engines' figures: the call's recognition stream, and one per bot utterance.
+    asr_streams: list[StreamMetrics] = field(default_factory=list)
+    tts_streams: list[StreamMetrics] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -86,7 +90,13 @@ class CallMetrics:
             "bot_utterances": self.bot_utterances,
             "bot_interruptions": self.bot_interruptions,
             **{name: read() for name, read in self.extra.items()},
+            **self._speech(),
         }
+
+    def _speech(self) -> dict[str, object]:
+        if not (self.asr_streams or self.tts_streams):
+            return {}  # embedded engines: nothing billed, no network latency
+        return {"speech": {"asr": summary(self.asr_streams), "tts": summary(self.tts_streams)}}
 
 
 class Call:
@@ -203,6 +213,9 @@ class Call:
         if asr_stream is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asr_stream.close(), 5)  # type: ignore[attr-defined]
+            stream_metrics = getattr(asr_stream, "metrics", None)
+            if isinstance(stream_metrics, StreamMetrics):
+                self.metrics.asr_streams.append(stream_metrics)
         self.record.add_event(
             {"who": "system", "text": f"call ended: {self._end_reason}", "start": self._now()}
         )
@@ -358,7 +371,13 @@ class Call:
         self._utterance_text[utterance_id] = say.text
         self.playout.begin_utterance(utterance_id, barge_in=say.barge_in)
         resampler = Resampler(self.tts.sample_rate, self.playout.sample_rate)
-        chunks = self.tts.synthesize(text_once(say.text), voice=self.settings.voice)
+        if self.tts.metered:
+            self.metrics.tts_streams.append(metrics := StreamMetrics())
+            chunks = self.tts.synthesize(  # type: ignore[call-arg]
+                text_once(say.text), voice=self.settings.voice, metrics=metrics
+            )
+        else:
+            chunks = self.tts.synthesize(text_once(say.text), voice=self.settings.voice)
         try:
             async for chunk in chunks:
                 audio = resampler.process_frame(chunk.audio)

@@ -54,7 +54,7 @@ class VadConfig:
 
 @dataclass
 class AsrConfig:
-    provider: Literal["local"] = "local"
+    provider: Literal["local", "dashscope"] = "local"
     language: str = "en"
     endpoint_silence_ms: int = 450
     partial_interval_ms: int = 700
@@ -62,9 +62,62 @@ class AsrConfig:
 
 @dataclass
 class TtsConfig:
-    provider: Literal["local"] = "local"
-    voice: str | None = None  # None: the engine's default voice
+    provider: Literal["local", "dashscope"] = "local"
+    voice: str | None = None  # None: the provider's default voice
     prompt_cache_mb: int = 64
+
+
+DASHSCOPE_ASR_MODELS = ("fun-asr", "paraformer-", "qwen3-asr-")
+DASHSCOPE_TTS_MODELS = ("cosyvoice-", "qwen3-tts-", "qwen-tts-")
+
+
+@dataclass
+class DashScopeAsrConfig:
+    model: str = "fun-asr-realtime"
+    sample_rate: int | None = None  # None: 8000 for *-8k-* models, else 16000
+    vocabulary_id: str | None = None  # hot words (Fun-ASR/Paraformer)
+    max_sentence_silence_ms: int | None = None  # Fun-ASR/Paraformer endpointing, 200-6000
+
+    def validate(self) -> str | None:
+        if not self.model.startswith(DASHSCOPE_ASR_MODELS):
+            return f"model: {self.model!r} is not one of {', '.join(DASHSCOPE_ASR_MODELS)}*"
+        return None
+
+
+@dataclass
+class DashScopeTtsConfig:
+    model: str = "cosyvoice-v3-flash"
+    voice: str | None = None  # None: longanyang (CosyVoice), Cherry (Qwen-TTS)
+    sample_rate: int | None = None  # None: 16000 (CosyVoice), 24000 (Qwen-TTS)
+    speech_rate: float = 1.0
+    volume: int = 50
+
+    def validate(self) -> str | None:
+        if not self.model.startswith(DASHSCOPE_TTS_MODELS):
+            return f"model: {self.model!r} is not one of {', '.join(DASHSCOPE_TTS_MODELS)}*"
+        return None
+
+
+@dataclass
+class DashScopeFallbackConfig:
+    # After `retries` failed attempts: the embedded engines carry on, or (TTS only) the caller
+    # hears `apology` in place of the failed turn (the recogniser still falls back to embedded).
+    policy: Literal["embedded", "apology"] = "embedded"
+    retries: int = 1
+    apology: str = "I am sorry, I am having trouble speaking right now. Please try again later."
+
+
+@dataclass
+class DashScopeConfig:
+    """Used by providers set to ``dashscope``; the API key comes only from DASHSCOPE_API_KEY."""
+
+    region: str | None = None  # None: DASHSCOPE_REGION, else beijing
+    base_url: str | None = None  # None: DASHSCOPE_BASE_URL, else the region's gateway
+    workspace: str | None = None  # None: DASHSCOPE_WORKSPACE
+    pool_size: int = 2  # warm sockets per service
+    asr: DashScopeAsrConfig = field(default_factory=DashScopeAsrConfig)
+    tts: DashScopeTtsConfig = field(default_factory=DashScopeTtsConfig)
+    fallback: DashScopeFallbackConfig = field(default_factory=DashScopeFallbackConfig)
 
 
 @dataclass
@@ -73,6 +126,7 @@ class SpeechConfig:
     tts: TtsConfig = field(default_factory=TtsConfig)
     vad: VadConfig = field(default_factory=VadConfig)
     cpu_threads: int = 2  # threads one Whisper decode may use
+    dashscope: DashScopeConfig = field(default_factory=DashScopeConfig)
 
 
 @dataclass

@@ -60,13 +60,14 @@ class Bridge:
         log.info("speech engines ready")
 
     async def warm_prompts(self, engines: SpeechEngines) -> None:
-        """Synthesise every dialplan's fixed prompts once, so callers never wait for them."""
+        """Synthesise every dialplan's fixed prompts once, so callers never wait for them
+        (into the embedded voice's cache: a cloud voice is not cached, only billed)."""
         started = time.monotonic()
         texts = {
             text for name in self.dialplans.names() for text in self.dialplans.get(name).prompts()
         }
         for text in sorted(texts):
-            async for _ in engines.tts.synthesize(text_once(text)):
+            async for _ in engines.prompt_tts.synthesize(text_once(text)):
                 pass
         log.info("%d prompts synthesised in %.1f s", len(texts), time.monotonic() - started)
 

@@ -22,6 +22,23 @@ class YamlError(ValueError):
     """A problem in a YAML file, already phrased as ``file:line: key: message``."""
 
 
+@dataclasses.dataclass
+class Located:
+    """Base for dataclasses that remember their lines, for checks made after loading.
+
+    Cross-references (a ``goto`` naming a missing step) can only be checked once the whole file
+    is loaded; ``lines`` lets those errors still point at the line: ``""`` is where the mapping
+    starts, every other entry is the line of that key.
+    """
+
+    lines: dict[str, int] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def line_of(self, key: str = "") -> int:
+        return self.lines.get(key, self.lines.get("", 0))
+
+
 def load_typed(cls: type[T], path: Path) -> T:
     """Read ``path`` into an instance of the dataclass ``cls`` (an empty file gives defaults)."""
     try:
@@ -66,6 +83,10 @@ def _build(cls: type[T], node: yaml.Node, source: str, prefix: str) -> T:
     if missing:
         raise _error(source, node, where, f"missing required key {missing[0]!r}")
     instance = cls(**values)
+    if isinstance(instance, Located):
+        instance.lines = {"": node.start_mark.line + 1} | {
+            str(k.value): k.start_mark.line + 1 for k, _ in node.value
+        }
     validate = getattr(instance, "validate", None)
     if validate is not None:
         problem = validate()
@@ -91,9 +112,12 @@ def _convert(hint: Any, node: yaml.Node, source: str, dotted: str) -> Any:
     if origin is dict:
         if not isinstance(node, yaml.MappingNode):
             raise _error(source, node, dotted, "expected a mapping")
-        return {
-            str(k.value): _convert(args[1], v, source, f"{dotted}.{k.value}") for k, v in node.value
-        }
+        entries = {}
+        for k, v in node.value:
+            entry = entries[str(k.value)] = _convert(args[1], v, source, f"{dotted}.{k.value}")
+            if isinstance(entry, Located):
+                entry.lines[""] = k.start_mark.line + 1  # an entry is where it is named
+        return entries
     value = _scalar(node, source, dotted)
     if origin is Literal:
         if value not in args:

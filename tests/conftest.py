@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -58,19 +59,24 @@ def transcribe(speech_engines: SpeechEngines) -> Callable[[np.ndarray, int], str
     return run
 
 
-@pytest.fixture
-async def bridge_server(
-    tmp_path: Path, speech_engines: SpeechEngines
-) -> AsyncIterator[tuple[str, Bridge]]:
-    """A bridge serving HTTP/WebRTC on an ephemeral loopback port, records under tmp_path."""
+def loopback_config(tmp_path: Path) -> Config:
+    """The repository's dialplans, records under ``tmp_path``, WebRTC on loopback only."""
     config = Config()
     config.dialog.dialplans_dir = str(REPO / "dialplans")
     config.records.dir = str(tmp_path / "records")
     config.webrtc.ice_hosts = ["127.0.0.1"]
+    return config
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    config: Config, engines: SpeechEngines
+) -> AsyncIterator[tuple[str, Bridge]]:
+    """A bridge serving HTTP/WebRTC on an ephemeral loopback port with ``engines``."""
     use_ice_host_addresses(config.webrtc.ice_hosts)
     bridge = Bridge(config)
-    await bridge.warm_prompts(speech_engines)
-    bridge.engines = speech_engines
+    await bridge.warm_prompts(engines)
+    bridge.engines = engines
     runner = web.AppRunner(build_app(bridge), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -82,3 +88,12 @@ async def bridge_server(
         await bridge.shutdown()
         await runner.cleanup()
         use_ice_host_addresses([])
+
+
+@pytest.fixture
+async def bridge_server(
+    tmp_path: Path, speech_engines: SpeechEngines
+) -> AsyncIterator[tuple[str, Bridge]]:
+    """A bridge serving HTTP/WebRTC on an ephemeral loopback port, records under tmp_path."""
+    async with running_bridge(loopback_config(tmp_path), speech_engines) as served:
+        yield served

@@ -18,7 +18,12 @@ class Say:
     """Speak this text (one chunk of a possibly longer reply)."""
 
     text: str
-    barge_in: bool = True  # False: a prompt the caller cannot interrupt
+    barge_in: bool = True  # False: a prompt the caller cannot interrupt by speaking
+    dtmf_barge_in: bool | None = None  # keys pressed over it cut it; None: same as barge_in
+
+    @property
+    def keys_interrupt(self) -> bool:
+        return self.barge_in if self.dtmf_barge_in is None else self.dtmf_barge_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,12 @@ class CallStarted:
     pass
 
 
-DialogEvent = CallStarted | CallerText | CallerDigits
+@dataclass(frozen=True, slots=True)
+class NoInput:
+    """The caller said and keyed nothing for the time the dialog asked to wait."""
+
+
+DialogEvent = CallStarted | CallerText | CallerDigits | NoInput
 
 
 class Dialog(ABC):
@@ -66,3 +76,7 @@ class Dialog(ABC):
     @abstractmethod
     def bot_turn_heard(self, said: str, heard: str, interrupted: bool) -> None:
         """Tell the dialog what the caller actually heard of its last turn."""
+
+    def no_input_timeout(self) -> float | None:
+        """Seconds of caller silence after the bot's turn before a `NoInput` event; None: never."""
+        return None

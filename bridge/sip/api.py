@@ -35,8 +35,6 @@ async def place_call(request: web.Request) -> web.Response:
         return json_error(exc.status, str(exc), **headers)
     except DialplanError as exc:
         return json_error(404, str(exc))
-    except ValueError as exc:  # an unparsable SIP URI
-        return json_error(400, str(exc))
     return web.json_response({"call_id": out.id, "status": out.status}, status=201)
 
 

@@ -38,7 +38,7 @@ from bridge.sip.events import (
     MediaUpdated,
     TransferProgress,
 )
-from bridge.sip.ports import PortAllocator
+from bridge.sip.ports import PortAllocator, PortsExhausted
 from bridge.sip.protection import AllowList, DestinationPolicy, RateLimiter
 from bridge.sip.rtp_session import RtpLeg, RtpSettings
 from bridge.sip.sdp import NegotiatedMedia
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 G711_RATE = 8000
 BUSY = (486, 600, 603)
 NO_ANSWER = (408, 480, 487)
+OUTBOUND_KEPT = 1000  # outbound call reports kept for GET /api/calls/{id}
 
 
 class DialRefused(Exception):
@@ -178,7 +179,10 @@ class SipFront:
         plan = self._dialplan(dialplan or self.bridge.config.dialog.default_dialplan)
         if not self.bridge.ready or self.bridge.at_capacity():
             raise DialRefused(503, "not ready or at capacity")
-        sip_id = self.endpoint.call(to, from_user=from_user or self.config.outbound_from)
+        try:
+            sip_id = self.endpoint.call(to, from_user=from_user or self.config.outbound_from)
+        except PortsExhausted as exc:
+            raise DialRefused(503, str(exc)) from None
         out = OutboundCall(uuid.uuid4().hex[:12], to, plan.name)
         active = _Active(sip_id, outbound=out)
         active.ring_timer = asyncio.get_running_loop().call_later(
@@ -186,6 +190,8 @@ class SipFront:
         )
         self._active[sip_id] = active
         self._outbound[out.id] = out
+        if len(self._outbound) > OUTBOUND_KEPT:  # the oldest reports go first
+            del self._outbound[next(iter(self._outbound))]
         return out
 
     def outbound_call(self, call_id: str) -> OutboundCall | None:
@@ -329,9 +335,9 @@ class SipFront:
         if kind == "hangup":
             self.endpoint.hangup(active.sip_id)
         elif kind == "transfer":
-            self.transfer(active, str(message.get("target", "")))
+            self._transfer(active, str(message.get("target", "")))
 
-    def transfer(self, active: _Active, target: str) -> bool:
+    def _transfer(self, active: _Active, target: str) -> bool:
         """Blind-transfer the caller (REFER) if ``target`` is an allowed destination."""
         call = active.call
         if not self._transfers.allows(target):
@@ -340,12 +346,6 @@ class SipFront:
                 call.record.add_event({"who": "system", "transfer_refused": target})
             return False
         return self.endpoint.refer(active.sip_id, target)
-
-    def active_call(self, call_id: str) -> _Active | None:
-        """The SIP state serving bridge call ``call_id`` (for operators and tests)."""
-        return next(
-            (a for a in self._active.values() if a.call and a.call.call_id == call_id), None
-        )
 
     def _on_transfer_progress(self, call: Call, event: TransferProgress) -> None:
         call.record.add_event(

@@ -56,7 +56,8 @@ class RateLimiter:
 
 
 class DestinationPolicy:
-    """Where the bridge may place or transfer calls: ``sip:USER@HOST[:PORT]`` fnmatch patterns.
+    """Where the bridge may place or transfer calls: ``sip:USER@HOST[:PORT]`` fnmatch patterns
+    (``*`` and ``[...]``; ``?`` would start URI headers).
 
     Patterns are matched against the parsed URI part by part (user, host, port), so a crafted
     user part cannot smuggle in another host; an omitted port in a pattern allows any port.

@@ -48,7 +48,8 @@ class SpeechChunk:
 
 
 class ASRStream(ABC):
-    """One call's recognition session."""
+    """One call's recognition session. Cloud streams also expose ``metrics`` (a
+    ``StreamMetrics``: latency, billed audio seconds) for the call record."""
 
     @abstractmethod
     async def push(self, frame: AudioFrame) -> None:
@@ -76,6 +77,9 @@ class TTS(ABC):
     """A synthesiser: one instance per process, shared by all calls."""
 
     sample_rate: int
+    #: Cloud engines take ``metrics=`` (a ``StreamMetrics`` they fill in) in :meth:`synthesize`,
+    #: so each call can record latency and billed usage per utterance.
+    metered: bool = False
 
     @abstractmethod
     def synthesize(

@@ -8,31 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.e2e.webrtc_caller import RATE, WebRtcCaller
+from tests.e2e.webrtc_caller import RATE, WebRtcCaller, is_bot_final, wait_for_call_record
 
 pytestmark = pytest.mark.slow
-
-
-def _is_bot_final(event: dict[str, object]) -> bool:
-    return event.get("who") == "bot" and bool(event.get("final"))
-
-
-async def _wait_for_call_record(records: Path, call_id: str, timeout: float = 10) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for folder in records.glob(f"*{call_id}*"):
-            meta = folder / "call.json"
-            if meta.is_file() and json.loads(meta.read_text()).get("end_reason"):
-                return folder
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"no call record for {call_id} in {records}")
 
 
 async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> None:
@@ -40,12 +24,12 @@ async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> N
     caller = WebRtcCaller(base_url)
     await caller.connect()
     try:
-        greeting = await caller.wait_event(_is_bot_final, timeout=60)
+        greeting = await caller.wait_event(is_bot_final, timeout=60)
         assert greeting["interrupted"] is False
         await asyncio.sleep(0.5)
         caller.mic.say(speak("What are your opening hours?", RATE))
         await caller.wait_event(
-            lambda e: _is_bot_final(e) and e is not greeting and "open" in str(e.get("text")),
+            lambda e: is_bot_final(e) and e is not greeting and "open" in str(e.get("text")),
             timeout=60,
         )
         heard = transcribe(caller.received.samples(), RATE).lower()
@@ -55,7 +39,7 @@ async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> N
     assert "thank you for calling" in heard
     assert "monday to friday" in heard or "nine in the morning" in heard
 
-    folder = await _wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
+    folder = await wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
     lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
     caller_lines = [x for x in lines if x["who"] == "caller" and "text" in x]
     assert any("hours" in x["text"].lower() for x in caller_lines)
@@ -81,10 +65,10 @@ async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> 
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)  # well into the greeting
         caller.mic.say(speak("What are your opening hours?", RATE))
-        cut = await caller.wait_event(_is_bot_final, timeout=30)
+        cut = await caller.wait_event(is_bot_final, timeout=30)
         onset = caller.mic.speech_started_at[0]
         answer = await caller.wait_event(
-            lambda e: _is_bot_final(e) and e is not cut and "open" in str(e.get("text")),
+            lambda e: is_bot_final(e) and e is not cut and "open" in str(e.get("text")),
             timeout=60,
         )
     finally:
@@ -103,7 +87,7 @@ async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> 
     last_greeting_frame = max(greeting_tail, default=onset)
     assert last_greeting_frame - onset < 0.6, f"bot kept talking {last_greeting_frame - onset:.3f}s"
 
-    folder = await _wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
+    folder = await wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
     lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
     greeting = next(x for x in lines if x["who"] == "bot")
     assert greeting["interrupted"] is True and greeting["heard"] == heard
@@ -125,7 +109,7 @@ async def test_vanished_peer_ends_the_call_and_keeps_its_record(bridge_server) -
     try:
         await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
         caller.mic.stop()  # the caller's audio stops arriving, nobody says goodbye
-        folder = await _wait_for_call_record(
+        folder = await wait_for_call_record(
             Path(bridge.config.records.dir), caller.call_id, timeout=15
         )
     finally:

@@ -13,6 +13,7 @@ import fractions
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import av
@@ -160,3 +161,20 @@ class WebRtcCaller:
         await self._pc.close()
         if self._reader is not None:
             self._reader.cancel()
+
+
+def is_bot_final(event: dict[str, object]) -> bool:
+    """A bot turn's closing transcript event (carries ``interrupted`` and the heard text)."""
+    return event.get("who") == "bot" and bool(event.get("final"))
+
+
+async def wait_for_call_record(records: Path, call_id: str, timeout: float = 10) -> Path:
+    """The call's record folder, once its ``call.json`` has been closed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for folder in records.glob(f"*{call_id}*"):
+            meta = folder / "call.json"
+            if meta.is_file() and json.loads(meta.read_text()).get("end_reason"):
+                return folder
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no call record for {call_id} in {records}")

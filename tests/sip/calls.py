@@ -25,8 +25,9 @@ def g711_file(path: Path, samples: np.ndarray, codec: str, lead_s: float = 0.5) 
     return path
 
 
-def rtp_stream(path: Path, payload_type: int) -> str:
-    return f'  <nop><action><exec rtp_stream="{path},1,{payload_type}"/></action></nop>'
+def rtp_stream(path: Path, payload_type: int, loops: int = 1) -> str:
+    """A sipp step streaming a headerless G.711 file (``loops=-1``: until the call ends)."""
+    return f'  <nop><action><exec rtp_stream="{path},{loops},{payload_type}"/></action></nop>'
 
 
 def pause(ms: int) -> str:
@@ -47,7 +48,7 @@ def caller_scenario(path: Path, *steps: str, codec: str = "PCMU", hangs_up: bool
     assert found is not None
     template = (SCENARIOS / "caller.xml").read_text()
     if not hangs_up:
-        template = template.partition("{steps}")[0] + "{steps}\n</scenario>\n"
+        template = template.rpartition("{steps}")[0] + "{steps}\n</scenario>\n"
     path.write_text(
         template.format(pt=found.payload_type, codec=found.name, steps="\n".join(steps))
     )

@@ -14,6 +14,7 @@ from bridge.sip.events import (
     DtmfInfo,
     IncomingCall,
     MediaUpdated,
+    TransferProgress,
 )
 from bridge.sip.message import Request, Response, parse_message
 from bridge.sip.ports import PortAllocator
@@ -141,12 +142,15 @@ def test_cancel_before_answer() -> None:
     assert _sent(agent) == []
 
 
-def test_reject() -> None:
+@pytest.mark.parametrize(("status", "retry_after"), [(603, None), (503, "30")])
+def test_reject(status: int, retry_after: str | None) -> None:
     agent = _agent()
     call = _ring(agent)
-    agent.reject(call.call_id, 603, 0.1)
-    assert _statuses(agent) == [603]
-    assert agent.events() == [CallEnded(call.call_id, "rejected 603")]
+    agent.reject(call.call_id, status, 0.1)
+    (reply,) = _sent(agent)
+    assert isinstance(reply, Response) and reply.status == status
+    assert reply.headers.get("Retry-After") == retry_after
+    assert agent.events() == [CallEnded(call.call_id, f"rejected {status}")]
 
 
 def test_bye_from_caller() -> None:
@@ -248,6 +252,68 @@ def test_allow_list_drops_silently() -> None:
     agent = _agent(allow_list=AllowList(["10.0.0.0/8"]))
     agent.receive(request("OPTIONS"), PEER, 0.0)
     assert agent.data_to_send() == []
+
+
+def test_allow_list_can_refuse_with_a_status() -> None:
+    agent = _agent(allow_list=AllowList(["10.0.0.0/8"]), allow_list_status=403)
+    agent.receive(request(body=OFFER_SDP), PEER, 0.0)
+    assert _statuses(agent) == [403] and agent.events() == []
+    agent.receive(request("ACK"), PEER, 0.1)  # never answered, whatever comes
+    assert agent.data_to_send() == []
+
+
+def _notify(tag: str, cseq: int, sipfrag: str, state: str) -> bytes:
+    return request(
+        "NOTIFY",
+        cseq=cseq,
+        branch=f"z9hG4bK-n{cseq}",
+        to_tag=tag,
+        body=sipfrag,
+        content_type="message/sipfrag;version=2.0",
+        extra=f"Event: refer\r\nSubscription-State: {state}\r\n",
+    )
+
+
+def test_refer_then_notify_progress() -> None:
+    agent = _agent()
+    tag = _established(agent)
+    assert agent.refer("call-1", "sip:agent@127.0.0.1:5090", 1.0)
+    (refer,) = _sent(agent)
+    assert isinstance(refer, Request) and refer.method == "REFER"
+    assert refer.headers.get("Refer-To") == "<sip:agent@127.0.0.1:5090>"
+    assert refer.to.tag == "ftag" and refer.from_.tag == tag
+    ok = response_to(refer, 202, "Accepted", "ftag")
+    agent.receive(ok.serialise(), PEER, 1.1)
+    agent.receive(_notify(tag, 2, "SIP/2.0 180 Ringing\r\n", "active;expires=60"), PEER, 1.2)
+    agent.receive(_notify(tag, 3, "SIP/2.0 200 OK\r\n", "terminated;reason=noresource"), PEER, 2)
+    assert _statuses(agent) == [200, 200]
+    assert agent.events() == [
+        TransferProgress("call-1", 202, "Accepted", False),
+        TransferProgress("call-1", 180, "Ringing", False),
+        TransferProgress("call-1", 200, "OK", True),
+    ]
+
+
+def test_refer_refused_or_unanswered_is_final() -> None:
+    agent = _agent()
+    _established(agent)
+    agent.refer("call-1", "sip:agent@127.0.0.1:5090", 1.0)
+    (refer,) = _sent(agent)
+    agent.receive(response_to(refer, 603, "Decline", "ftag").serialise(), PEER, 1.1)
+    assert agent.events() == [TransferProgress("call-1", 603, "Decline", True)]
+    agent.refer("call-1", "sip:agent@127.0.0.1:5090", 2.0)
+    agent.on_timer(2.0 + 64 * 0.5 + 1)
+    assert agent.events() == [TransferProgress("call-1", 408, "Request Timeout", True)]
+    assert not agent.refer("no-such-call", "sip:agent@127.0.0.1", 3.0)
+
+
+def test_notify_for_another_event_or_without_sipfrag() -> None:
+    agent = _agent()
+    tag = _established(agent)
+    other = _notify(tag, 2, "SIP/2.0 200 OK", "active").replace(b"Event: refer", b"Event: dialog")
+    agent.receive(other, PEER, 1.0)
+    agent.receive(_notify(tag, 3, "hello", "active"), PEER, 1.1)
+    assert _statuses(agent) == [489, 400] and agent.events() == []
 
 
 def _outbound(agent: UserAgent, credentials: tuple[str, str] | None = None) -> Request:

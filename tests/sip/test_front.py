@@ -250,8 +250,11 @@ async def test_transfer_sends_refer_only_to_allowed_targets(
     ]  # fmt: skip
     scenario = caller_scenario(tmp_path / "refer.xml", *steps, hangs_up=False)
     sipp = await start_sipp("-sf", str(scenario), "-s", "bot", f"127.0.0.1:{running.port}")
-    while not running.bridge.calls:
+    for _ in range(100):
+        if running.bridge.calls or sipp.returncode is not None:
+            break
         await asyncio.sleep(0.05)
+    assert running.bridge.calls, (await finish(sipp)).output
     (call,) = running.bridge.calls.values()
     await asyncio.sleep(1)
     call.notify({"type": "transfer", "target": "sip:+19005550100@127.0.0.1"})  # refused

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.sip.protection import AllowList, RateLimiter
+from bridge.sip.protection import AllowList, DestinationPolicy, RateLimiter
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,30 @@ def test_idle_sources_are_forgotten() -> None:
         limiter.allow(f"10.0.0.{i}", 0.0)
     limiter.allow("10.0.0.9", 100.0)
     assert len(limiter._buckets) <= 2
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("sip:agent7@pbx.example", True),
+        ("sip:AGENT7@PBX.example:5060", False),  # users are case-sensitive
+        ("sip:agent7@pbx.example:5070", True),
+        ("sips:agent7@pbx.example", False),
+        ("sip:+4490000@pbx.example", False),
+        ("sip:1234@carrier.example:5060", True),
+        ("sip:1234@carrier.example:5080", False),
+        ("sip:agent7@evil.example;x=@pbx.example", False),  # user part smuggling a host
+        ("sip:agent7@pbx.example;maddr=evil.example", False),
+        ("sip:agent7@pbx.example?Route=%3Csip:evil.example%3E", False),
+        ("sip:agent7@pbx.example;transport=tcp", True),
+        ("tel:+1555", False),
+        ("not a uri", False),
+    ],
+)
+def test_destination_policy(target: str, allowed: bool) -> None:
+    policy = DestinationPolicy(["sip:agent*@pbx.example", "sip:1*@carrier.example:5060"])
+    assert policy.allows(target) is allowed
+
+
+def test_no_destination_patterns_allow_nothing() -> None:
+    assert not DestinationPolicy().allows("sip:a@127.0.0.1")

@@ -9,7 +9,7 @@ from bridge.speech.dashscope.errors import (
     RateLimitError,
     TaskFailedError,
 )
-from bridge.speech.dashscope.fallback import FallbackASR, FallbackTTS
+from bridge.speech.dashscope.fallback import ApologyTTS, FallbackASR, FallbackTTS
 from bridge.speech.dashscope.metrics import StreamMetrics
 from bridge.speech.dashscope.qwen_asr import QwenASR, QwenASRParams
 from bridge.speech.dashscope.qwen_tts import QwenTTS, QwenTTSParams
@@ -17,6 +17,7 @@ from bridge.speech.dashscope.settings import DashScopeSettings
 from bridge.speech.dashscope.tts import CosyVoiceParams, CosyVoiceTTS
 
 __all__ = [
+    "ApologyTTS",
     "AuthError",
     "ConnectionLostError",
     "CosyVoiceParams",

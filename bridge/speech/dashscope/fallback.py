@@ -2,6 +2,7 @@
 
 Both wrappers implement the plain :mod:`bridge.speech.base` interfaces, so the call does not
 know which engine is speaking or listening. Fallback audio is resampled to the primary's rate.
+:class:`ApologyTTS` is the fallback of the ``apology`` policy: a fixed prompt instead of a voice.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from bridge.media.frame import AudioFrame
 from bridge.media.resample import Resampler
-from bridge.speech.base import ASR, TTS, ASRStream, SpeechChunk, SpeechError, Transcript
+from bridge.speech.base import (
+    ASR,
+    TTS,
+    ASRStream,
+    SpeechChunk,
+    SpeechError,
+    Transcript,
+    text_once,
+)
+from bridge.speech.dashscope.metrics import StreamMetrics, combined
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +63,18 @@ class FallbackTTS(TTS):
     the next engine; sentences already finished are not repeated.
     """
 
+    metered = True  # the primary's figures, plus failed attempts
+
     def __init__(self, primary: TTS, fallback: TTS, retries: int = 1) -> None:
         self.primary, self.fallback, self.retries = primary, fallback, retries
         self.sample_rate = primary.sample_rate
         self.failures: list[SpeechError] = []
 
     async def synthesize(
-        self, text: AsyncIterable[str], voice: str | None = None
+        self,
+        text: AsyncIterable[str],
+        voice: str | None = None,
+        metrics: StreamMetrics | None = None,
     ) -> AsyncIterator[SpeechChunk]:
         recorder = _Recorder(text)
         engines = [self.primary] * (1 + self.retries) + [self.fallback]
@@ -68,7 +83,11 @@ class FallbackTTS(TTS):
             engine = engines[attempt]
             resampler = Resampler(engine.sample_rate, self.sample_rate)
             engine_voice = voice if engine is self.primary else None
-            stream = engine.synthesize(recorder.replay(spoken), engine_voice)
+            replay = recorder.replay(spoken)
+            if engine.metered and metrics is not None:
+                stream = engine.synthesize(replay, engine_voice, metrics=metrics)  # type: ignore[call-arg]
+            else:
+                stream = engine.synthesize(replay, engine_voice)
             try:
                 async for chunk in stream:
                     if chunk.text:
@@ -81,6 +100,8 @@ class FallbackTTS(TTS):
                 return
             except SpeechError as exc:
                 self.failures.append(exc)
+                if metrics is not None:
+                    metrics.failures += 1
                 attempt = _next_attempt(attempt, len(engines), exc)
                 log.warning("TTS failed (%s); switching to attempt %d", exc, attempt + 1)
                 current = ""  # the interrupted sentence is spoken again
@@ -131,6 +152,16 @@ class _FallbackStream(ASRStream):
         self.recent: deque[AudioFrame] = deque()
         self.lock = asyncio.Lock()
         self.closing = False
+        self.opened: list[ASRStream] = []
+        self.failures = 0
+
+    @property
+    def metrics(self) -> StreamMetrics:
+        """The figures of every cloud stream opened for this call, as one, plus failures."""
+        found = (getattr(stream, "metrics", None) for stream in self.opened)
+        total = combined([m for m in found if isinstance(m, StreamMetrics)])
+        total.failures += self.failures
+        return total
 
     async def switch(self, first: bool = False) -> None:
         """Open the next engine's stream (skipping engines that fail to open)."""
@@ -139,9 +170,11 @@ class _FallbackStream(ASRStream):
                 engine = self.engines[self.attempt]
                 try:
                     self.stream = await engine.open_stream(self.language)
+                    self.opened.append(self.stream)
                     break
                 except SpeechError as exc:
                     self.owner.failures.append(exc)
+                    self.failures += 1
                     self.attempt = _next_attempt(self.attempt, len(self.engines), exc)
             self.engine_rate = engine.sample_rate
             self.resampler = Resampler(self.owner.sample_rate, engine.sample_rate)
@@ -174,6 +207,7 @@ class _FallbackStream(ASRStream):
                 return
             except SpeechError as exc:
                 self.owner.failures.append(exc)
+                self.failures += 1
                 self.attempt = _next_attempt(self.attempt, len(self.engines), exc)
                 log.warning("ASR failed (%s); switching to attempt %d", exc, self.attempt + 1)
                 failed = self.stream
@@ -193,3 +227,22 @@ async def _close_quietly(stream: ASRStream) -> None:
         await stream.close()
     except SpeechError as exc:
         log.info("closing a failed ASR stream: %s", exc)
+
+
+class ApologyTTS(TTS):
+    """Says only the apology, rendered once at start, whatever the text: the ``apology`` policy
+    keeps one voice for a whole failed turn rather than finishing it in another voice."""
+
+    def __init__(self, chunks: list[SpeechChunk], sample_rate: int) -> None:
+        self.chunks, self.sample_rate = chunks, sample_rate
+
+    @classmethod
+    async def render(cls, tts: TTS, text: str) -> ApologyTTS:
+        chunks = [chunk async for chunk in tts.synthesize(text_once(text))]
+        return cls(chunks, tts.sample_rate)
+
+    async def synthesize(
+        self, text: AsyncIterable[str], voice: str | None = None
+    ) -> AsyncIterator[SpeechChunk]:
+        for chunk in self.chunks:
+            yield chunk

@@ -98,6 +98,8 @@ class QwenTTSReader:
 
 
 class QwenTTS(TTS):
+    metered = True
+
     def __init__(
         self, settings: DashScopeSettings | None = None, params: QwenTTSParams | None = None
     ) -> None:

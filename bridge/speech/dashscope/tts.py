@@ -108,6 +108,9 @@ class CosyVoiceReader:
     def __init__(self, sample_rate: int, metrics: StreamMetrics) -> None:
         self.sample_rate = sample_rate
         self.metrics = metrics
+        # Usage is cumulative per task: earlier tasks (and attempts) are added to this one's.
+        self._billed_before = metrics.billed_characters
+        self._billed_task = 0
         self.timestamp = 0
         self._pending_text = ""
         self._sentence = -1
@@ -119,7 +122,10 @@ class CosyVoiceReader:
         output = event.output
         chars = event.usage.get("characters")
         if isinstance(chars, int):
-            self.metrics.billed_characters = max(self.metrics.billed_characters, chars)
+            self._billed_task = max(self._billed_task, chars)
+            self.metrics.billed_characters = self._billed_before + self._billed_task
+        if event.event == FINISHED:
+            self._billed_before, self._billed_task = self.metrics.billed_characters, 0
         if event.event not in (GENERATED, FINISHED):
             return []
         sentence = output.get("sentence") or {}
@@ -203,6 +209,8 @@ class CosyVoiceTTS(TTS):
     ``pool_size`` sockets are kept warm and reused after clean tasks. The metrics of the latest
     stream are in :attr:`last_metrics`, or pass ``metrics=`` to :meth:`synthesize`.
     """
+
+    metered = True
 
     def __init__(
         self,

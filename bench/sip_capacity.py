@@ -1,0 +1,228 @@
+"""SIP media capacity: ``python -m bench.sip_capacity --calls N --seconds S``.
+
+Measures the RTP path, not the speech engines: the bridge runs in its own process with cheap
+fake engines (a tone per word of every prompt; a recogniser that hears a question in any loud
+audio, so the bot keeps answering; the WebRTC VAD), and sipp holds 1, 2, 4 ... N calls at
+once, each streaming a tone-and-silence PCMU loop at the bridge for S seconds while the bridge
+talks back.
+
+Pass criterion per level: every call's outbound packet send-time lateness (the 20 ms clock's
+wake-up versus its grid, from each ``call.json``) has p99 within +5 ms and minimum above -5 ms,
+no tick was skipped, and sipp completed every call. Reported per level: those lateness
+figures (worst call), CPU of the bridge process per call (% of one core) during the hold, and
+whether the level passed. ``--profile`` writes a cProfile of the bridge process at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.__main__ import RESULTS, free_port, process_cpu_seconds
+from bridge.config import Config, SipConfig, SipRateLimitConfig
+from bridge.media.g711 import ulaw_encode
+from bridge.server import Bridge
+from bridge.sip.front import SipFront
+from bridge.speech.factory import SpeechEngines
+from tests.emulator.fakes import FixedASR, ToneTTS
+from tests.sip.calls import caller_scenario, pause, rtp_stream
+
+REPO = Path(__file__).resolve().parent.parent
+LATENESS_LIMIT_MS = 5.0
+QUESTION = "what are your opening hours"  # an intent that answers and keeps the call up
+
+
+async def serve_fake(sip_port: int, rtp_ports: str, records: str) -> None:
+    """The bridge's SIP front door on fake engines, until SIGTERM."""
+    config = Config()
+    config.dialog.dialplans_dir = str(REPO / "dialplans")
+    config.records.dir = records
+    config.speech.vad.engine = "webrtc"
+    config.calls.max_concurrent = 10_000
+    config.sip = SipConfig(
+        port=sip_port,
+        rtp_ports=rtp_ports,
+        max_calls=10_000,
+        rate_limit=SipRateLimitConfig(per_second=1000, burst=1000),
+        no_rtp_timeout_s=60,
+    )
+    bridge = Bridge(config)
+    bridge.engines = SpeechEngines(asr=FixedASR(QUESTION), tts=ToneTTS())
+    front = SipFront(bridge, config.sip)
+    await front.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await front.close()
+    await bridge.shutdown()
+
+
+def caller_audio(path: Path) -> Path:
+    """One second of a 300 Hz tone, one of silence: speech-like on/off for the VAD and ASR."""
+    t = np.arange(8000) / 8000
+    tone = (6000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+    path.write_bytes(ulaw_encode(np.concatenate([tone, np.zeros(8000, np.int16)])))
+    return path
+
+
+def run_level(
+    calls: int, seconds: float, sip_port: int, pid: int, workdir: Path
+) -> dict[str, object]:
+    records = workdir / "records"
+    before = {p.parent for p in records.glob("*/call.json")}
+    audio = caller_audio(workdir / "tone.raw")
+    scenario = caller_scenario(
+        workdir / f"load{calls}.xml",
+        rtp_stream(audio, 0, loops=-1),
+        pause(int(seconds * 1000)),
+    )
+    rate = max(1, min(calls, 20))
+    command = [
+        "sipp", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
+        "-sf", str(scenario), "-s", "bot", "-r", str(rate), "-l", str(calls), "-m", str(calls),
+        "-nostdin", "-timeout", f"{int(seconds) + 60}s", "-timeout_error",
+        f"127.0.0.1:{sip_port}",
+    ]  # fmt: skip
+    sipp = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ramp = calls / rate + 1.0  # all calls are up after this
+    time.sleep(ramp)
+    cpu0, t0 = process_cpu_seconds(pid), time.monotonic()
+    time.sleep(max(0.5, seconds - ramp - 1.0))
+    cpu = process_cpu_seconds(pid) - cpu0
+    held = time.monotonic() - t0
+    output, _ = sipp.communicate(timeout=seconds + 120)
+    folders = _wait_records(records, before, calls)
+    lateness = [json.loads((f / "call.json").read_text())["metrics"]["rtp"] for f in folders]
+    ticks = [r["send_lateness"] for r in lateness]
+    worst_p99 = max((t.get("p99_ms", 0.0) for t in ticks), default=float("nan"))
+    worst_min = min((t.get("min_ms", 0.0) for t in ticks), default=float("nan"))
+    skipped = sum(t["skipped"] for t in ticks)
+    ok = (
+        sipp.returncode == 0
+        and len(folders) == calls
+        and worst_p99 <= LATENESS_LIMIT_MS
+        and worst_min >= -LATENESS_LIMIT_MS
+        and skipped == 0
+    )
+    return {
+        "calls": calls,
+        "completed": len(folders),
+        "sipp_exit": sipp.returncode,
+        "worst_p99_lateness_ms": round(worst_p99, 2),
+        "median_p99_lateness_ms": round(float(np.median([t.get("p99_ms", 0) for t in ticks])), 2)
+        if ticks
+        else None,
+        "worst_min_lateness_ms": round(worst_min, 2),
+        "skipped_ticks": skipped,
+        "cpu_pct_per_call": round(100 * cpu / held / calls, 2),
+        "cpu_pct_total": round(100 * cpu / held, 1),
+        "packets_sent": sum(r["sent"] for r in lateness),
+        "packets_received": sum(r["received"] for r in lateness),
+        "pass": ok,
+        "sipp_tail": "" if ok else output.decode(errors="replace")[-800:],
+    }
+
+
+def _wait_records(records: Path, before: set[Path], count: int, timeout: float = 30) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [
+            meta.parent
+            for meta in records.glob("*/call.json")
+            if meta.parent not in before and json.loads(meta.read_text()).get("end_reason")
+        ]
+        if len(done) >= count or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)
+
+
+def levels(most: int) -> list[int]:
+    out, n = [], 1
+    while n < most:
+        out.append(n)
+        n *= 2
+    return [*out, most]
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    columns = (
+        "calls", "completed", "worst_p99_lateness_ms", "median_p99_lateness_ms",
+        "worst_min_lateness_ms", "skipped_ticks", "cpu_pct_per_call", "cpu_pct_total", "pass",
+    )  # fmt: skip
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row[c]) for c in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sip_capacity", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--calls", type=int, default=16, help="most simultaneous calls to try")
+    parser.add_argument("--seconds", type=float, default=15.0, help="how long each call lasts")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile of the bridge")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("SIP_PORT", "RTP_PORTS", "RECORDS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.serve:
+        profiler = cProfile.Profile() if args.profile else None
+        with profiler or contextlib.nullcontext():
+            asyncio.run(serve_fake(int(args.serve[0]), args.serve[1], args.serve[2]))
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
+        return
+    with tempfile.TemporaryDirectory(prefix="sip-bench-") as tmp:
+        workdir = Path(tmp)
+        sip_port = free_port()
+        command = [
+            sys.executable, "-m", "bench.sip_capacity",
+            "--serve", str(sip_port), "20000-29999", str(workdir / "records"),
+        ]  # fmt: skip
+        if args.profile:
+            command += ["--profile", str(args.profile.resolve())]
+        server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+            rows = []
+            for calls in levels(args.calls):
+                row = run_level(calls, args.seconds, sip_port, server.pid, workdir)
+                print_table([row])
+                rows.append(row)
+                if not row["pass"]:
+                    break
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    print()
+    print_table(rows)
+    passed = [r["calls"] for r in rows if r["pass"]]
+    best = max(passed, default=0)
+    print(f"largest level held within ±{LATENESS_LIMIT_MS:.0f} ms p99 send lateness: {best} calls")
+    out = args.json or RESULTS / f"sip-capacity-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "sip-capacity",
+        "seconds": args.seconds,
+        "max_calls_within_limit": best,
+        "levels": rows,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()
