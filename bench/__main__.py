@@ -85,12 +85,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def caller_speech() -> np.ndarray:
+def caller_speech(text: str = QUESTION) -> np.ndarray:
     from bridge.media.resample import Resampler
     from bridge.speech.local.runtime import LocalRuntime
 
     voice = LocalRuntime().piper()
-    pcm = np.concatenate([c.audio_int16_array for c in voice.synthesize(QUESTION)])
+    pcm = np.concatenate([c.audio_int16_array for c in voice.synthesize(text)])
     resampler = Resampler(voice.config.sample_rate, RATE)
     return np.concatenate([resampler.process(pcm), resampler.flush()])
 

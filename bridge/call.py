@@ -31,6 +31,7 @@ from bridge.dialog.base import (
     Dialog,
     DialogEvent,
     Hangup,
+    NoInput,
     Say,
     Transfer,
 )
@@ -143,6 +144,9 @@ class Call:
         self._utterances: dict[str, asyncio.Future[UtteranceFinished]] = {}
         self._utterance_started_at: dict[str, float] = {}
         self._utterance_text: dict[str, str] = {}
+        self._current_utterance = ""  # the one playing
+        self._keys_cannot_cut: set[str] = set()  # utterances DTMF does not interrupt
+        self._no_input: asyncio.Task[None] | None = None
         self._caller_speech_ended_at: float | None = None
         self._last_bot_frame_at = self._started
         self._caller_samples_seen = 0
@@ -204,6 +208,7 @@ class Call:
         return self._end_reason
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], asr_stream: object) -> None:
+        self._stop_no_input()
         self.playout.flush("hangup")
         self._handle_playout_events(time.monotonic())
         await self._cancel_bot_turn()
@@ -263,6 +268,8 @@ class Call:
                     self._on_caller_speech_started(happened_at)
                 elif isinstance(event, SpeechEnded):
                     self._caller_speech_ended_at = happened_at
+                    if self._bot_task is None or self._bot_task.done():
+                        self._arm_no_input()  # restarts the wait if the speech gave no text
             await asr_stream.push(frame)  # type: ignore[attr-defined]
 
     def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
@@ -274,6 +281,7 @@ class Call:
 
     def _on_caller_speech_started(self, onset: float) -> None:
         self._caller_speech_ended_at = None
+        self._stop_no_input()
         if not (self.playout.speaking and self.playout.interruptible):
             return
         log.info("call %s: barge-in", self.call_id)
@@ -327,13 +335,41 @@ class Call:
     # --- bot turns --------------------------------------------------------------------------
 
     def _start_bot_turn(self, event: DialogEvent) -> None:
+        self._stop_no_input()
         previous = self._bot_task
-        if previous is not None and not previous.done():
+        if previous is not None and not previous.done() and self._may_cut(event):
             # The caller said something new before the bot finished: answer the new thing.
             self.playout.flush("superseded")
             self._handle_playout_events(time.monotonic())
             previous.cancel()
         self._bot_task = asyncio.create_task(self._bot_turn(event, previous))
+
+    def _may_cut(self, event: DialogEvent) -> bool:
+        """Whether ``event`` ends the bot's turn early; if not, it is answered after the turn
+        (an uninterruptible prompt such as a legal notice plays to its end)."""
+        if not self.playout.speaking:
+            return True
+        if isinstance(event, CallerDigits):
+            return self._current_utterance not in self._keys_cannot_cut
+        return self.playout.interruptible
+
+    def _arm_no_input(self) -> None:
+        """Wait for the caller as long as the dialog asks (after the bot has finished)."""
+        self._stop_no_input()
+        timeout = self.dialog.no_input_timeout()
+        if timeout is not None and not self.ended:
+            self._no_input = asyncio.create_task(self._no_input_after(timeout))
+
+    async def _no_input_after(self, timeout: float) -> None:
+        await self._wait_played()
+        await asyncio.sleep(timeout)
+        self._no_input = None
+        self._start_bot_turn(NoInput())
+
+    def _stop_no_input(self) -> None:
+        if self._no_input is not None:
+            self._no_input.cancel()
+            self._no_input = None
 
     async def _cancel_bot_turn(self) -> None:
         task = self._bot_task
@@ -346,6 +382,7 @@ class Call:
         if previous is not None and not previous.done():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await previous
+            self._stop_no_input()  # armed by the turn just finished; this one answers instead
         outputs = self.dialog.respond(event)
         try:
             async for output in outputs:
@@ -358,6 +395,8 @@ class Call:
                     await self._wait_played()
                     self.hangup(output.reason)
                     return
+            if self._bot_task is asyncio.current_task():
+                self._arm_no_input()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -369,6 +408,8 @@ class Call:
         utterance_id = uuid.uuid4().hex[:8]
         self._utterances[utterance_id] = asyncio.get_running_loop().create_future()
         self._utterance_text[utterance_id] = say.text
+        if not say.keys_interrupt:
+            self._keys_cannot_cut.add(utterance_id)
         self.playout.begin_utterance(utterance_id, barge_in=say.barge_in)
         resampler = Resampler(self.tts.sample_rate, self.playout.sample_rate)
         if self.tts.metered:
@@ -398,6 +439,7 @@ class Call:
 
     def _on_playout_event(self, event: UtteranceStarted | UtteranceFinished, now: float) -> None:
         if isinstance(event, UtteranceStarted):
+            self._current_utterance = event.id
             self._utterance_started_at[event.id] = now
             self.metrics.bot_utterances += 1
             if self._caller_speech_ended_at is not None:
@@ -417,6 +459,7 @@ class Call:
             return
         started = self._utterance_started_at.pop(event.id, now)
         said = self._utterance_text.pop(event.id, event.said)
+        self._keys_cannot_cut.discard(event.id)
         self.notify(
             {
                 "type": "transcript",

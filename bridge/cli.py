@@ -42,6 +42,13 @@ def _dial_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.set_defaults(func=_dial)
 
 
+def _check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("check", help="validate every dialplan in a folder")
+    parser.add_argument("directory", nargs="?", type=Path, default=None, help="default: config's")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.set_defaults(func=_check)
+
+
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     if args.http_host is not None:
         config.http.host = args.http_host
@@ -83,6 +90,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Print ``file:line: message`` for every problem; exit 1 if there is any."""
+    from bridge.dialog.library import check_directory
+
+    directory = args.directory or Path(_load(args).dialog.dialplans_dir)
+    problems = check_directory(directory)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{directory}: all dialplans valid", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _dial(args: argparse.Namespace) -> int:
     from bridge.sip.dial import dial
 
@@ -99,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
     _dial_parser(subparsers)
+    _check_parser(subparsers)
     try:
         from bridge.emulator.cli import add_parser as add_emulator
     except ImportError:

@@ -133,6 +133,10 @@ class SpeechConfig:
 class DialogConfig:
     dialplans_dir: str = "dialplans"
     default_dialplan: str = "customer-service"
+    reload_interval_s: float = 2.0  # how often changed dialplans are picked up; 0: SIGHUP only
+    # Override every dialplan's LLM endpoint and model (e.g. a local OpenAI-compatible server).
+    llm_base_url: str | None = None
+    llm_model: str | None = None
 
 
 @dataclass

@@ -18,11 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bridge.call import Call, CallSettings, Notify
 from bridge.config import Config
-from bridge.dialog.dialplan import Dialplan, DialplanDialog, DialplanLibrary
+from bridge.dialog.dialplan import Dialplan
+from bridge.dialog.engine import build_dialog
+from bridge.dialog.library import DialplanLibrary
 from bridge.media.recorder import CallRecord
 from bridge.sip import api as sip_api
 from bridge.sip.front import SipFront
@@ -47,6 +50,7 @@ class Bridge:
         # VAD inference for every call, off the event loop; one thread keeps frames in order.
         self.vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._http: aiohttp.ClientSession | None = None  # dialplan webhooks and LLM requests
 
     @property
     def ready(self) -> bool:
@@ -92,9 +96,16 @@ class Bridge:
             },
         )
         speech = self.config.speech
+        dialog = build_dialog(
+            dialplan,
+            self.http_session(),
+            variables={"call": {"id": call_id, "channel": channel, "remote": remote}},
+            llm_base_url=self.config.dialog.llm_base_url,
+            llm_model=self.config.dialog.llm_model,
+        )
         call = Call(
             call_id=call_id,
-            dialog=DialplanDialog(dialplan),
+            dialog=dialog,
             asr=self.engines.asr,
             tts=self.engines.tts,
             record=record,
@@ -104,8 +115,8 @@ class Bridge:
                 vad_threshold=speech.vad.threshold,
                 vad_min_speech_ms=speech.vad.min_speech_ms,
                 vad_min_silence_ms=speech.vad.min_silence_ms,
-                language=speech.asr.language,
-                voice=speech.tts.voice,
+                language=dialplan.language or speech.asr.language,
+                voice=dialplan.voice or speech.tts.voice,
                 no_media_timeout_s=self.config.calls.no_media_timeout_s,
                 max_duration_s=self.config.calls.max_duration_s,
             ),
@@ -114,6 +125,12 @@ class Bridge:
         )
         self.calls[call_id] = call
         return call
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """One connection pool for every call's webhooks and LLM streams."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     def abandon_call(self, call: Call, reason: str) -> None:
         """A call whose set-up failed before it ran: still leave its record behind."""
@@ -138,6 +155,13 @@ class Bridge:
         for task in list(self._tasks):
             task.cancel()
         self.vad_executor.shutdown(wait=False, cancel_futures=True)
+        if self._http is not None:
+            await self._http.close()
+
+    def reload_dialplans(self) -> None:
+        """Take in edited dialplans that check clean (on SIGHUP); broken edits are only logged."""
+        for problem in self.dialplans.reload():
+            log.error("dialplan not reloaded: %s", problem)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -203,6 +227,10 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
+        loop.add_signal_handler(signal.SIGHUP, bridge.reload_dialplans)
+    interval = config.dialog.reload_interval_s
+    watcher = asyncio.create_task(bridge.dialplans.watch(interval)) if interval > 0 else None
     loader = asyncio.create_task(bridge.load_engines())
 
     def on_loaded(task: asyncio.Task[None]) -> None:
@@ -217,6 +245,8 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         loader.cancel()
+        if watcher is not None:
+            watcher.cancel()
         if sip is not None:
             await sip.close()
         await bridge.shutdown()

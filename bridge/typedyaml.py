@@ -140,6 +140,8 @@ def _convert(hint: Any, node: yaml.Node, source: str, dotted: str) -> Any:
 def _scalar(node: yaml.Node, source: str, dotted: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise _error(source, node, dotted, "expected a single value")
+    if node.tag.endswith(":null"):
+        return None  # an empty value (which yaml cannot round-trip on its own)
     return yaml.safe_load(yaml.serialize(node))
 
 

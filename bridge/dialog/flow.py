@@ -97,7 +97,9 @@ class Flow:
             hook = self.plan.webhooks[step.webhook]
             self.variables[hook.result or step.webhook] = result.data
             return self._run(step.goto)
-        log.warning("dialplan %s: webhook %s failed: %s", self.plan.name, step.webhook, result.error)
+        log.warning(
+            "dialplan %s: webhook %s failed: %s", self.plan.name, step.webhook, result.error
+        )
         self.variables["webhook_error"] = result.error
         return self._run(step.on_error or step.goto)
 
@@ -264,8 +266,9 @@ class Flow:
             self._confirming = False
             return self._retry(step, "no-match", step.say)
         assert collect.confirm is not None
-        return self._retry(step, "no-input" if isinstance(event, NoInput) else "no-match",
-                           collect.confirm)
+        return self._retry(
+            step, "no-input" if isinstance(event, NoInput) else "no-match", collect.confirm
+        )
 
     def _llm(self, step: Step, llm: LlmStep, event: DialogEvent) -> list[Effect]:
         if isinstance(event, NoInput):

@@ -51,7 +51,8 @@ class SentenceSplitter:
     """Cuts streamed text into chunks worth synthesising on their own.
 
     A Latin sentence ends at ``.!?;:`` followed by a space (so "3.5" and "e.g.x" stay whole);
-    CJK punctuation ends one at once. Chunks shorter than ``min_chars`` wait for the next sentence
+    CJK punctuation ends one at once. Chunks shorter than ``min_chars`` (a CJK character counting
+    as three) wait for the next sentence
     ("Sure." alone sounds clipped), and a run-on longer than ``max_chars`` is cut at a comma.
     """
 
@@ -69,8 +70,9 @@ class SentenceSplitter:
                 ch in _LATIN_END and i + 1 < len(self._buffer) and self._buffer[i + 1].isspace()
             )
             long_clause = ch in ",，" and i - start >= self.max_chars
-            if (at_end or long_clause) and len(self._buffer[start : i + 1].strip()) >= self.min_chars:
-                out.append(self._buffer[start : i + 1].strip())
+            chunk = self._buffer[start : i + 1].strip()
+            if (at_end or long_clause) and _weight(chunk) >= self.min_chars:
+                out.append(chunk)
                 start = i + 1
         self._buffer = self._buffer[start:]
         return out
@@ -78,6 +80,11 @@ class SentenceSplitter:
     def flush(self) -> str | None:
         rest, self._buffer = self._buffer.strip(), ""
         return rest or None
+
+
+def _weight(text: str) -> int:
+    """Length in Latin characters: a CJK character says about as much as a short word."""
+    return sum(3 if ord(ch) >= 0x2E80 else 1 for ch in text)
 
 
 # --- context -------------------------------------------------------------------------------
@@ -181,8 +188,10 @@ class Context:
                 turns.append([])
             turns[-1].append(message)
         turns = [turn for turn in turns if turn][-self.max_turns :]
-        wired = [[m.wire() for m in turn if m.text or m.role != "assistant" or m.tool_calls]
-                 for turn in turns]
+        wired = [
+            [m.wire() for m in turn if m.text or m.role != "assistant" or m.tool_calls]
+            for turn in turns
+        ]
         budget = self.max_tokens - estimate_tokens(system)
         sizes = [sum(estimate_tokens(m["content"]) for m in turn) for turn in wired]
         while len(wired) > 1 and sum(sizes) > budget:

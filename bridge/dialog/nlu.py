@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from bridge.dialog.dialplan import Collect, Intent
 
-STOPWORDS = frozenset(
-    "a an the i i'd i'm me my we you your it it's is are am be to of for in on at do does "
-    "please can could would like want and or".split()
-)
+STOPWORDS = frozenset({
+    "a", "an", "the", "i", "i'd", "i'm", "me", "my", "we", "you", "your", "it", "it's", "is",
+    "are", "am", "be", "to", "of", "for", "in", "on", "at", "do", "does", "please", "can",
+    "could", "would", "like", "want", "and", "or",
+})  # fmt: skip
 EXAMPLE_THRESHOLD = 0.6  # share of an example's content words the caller must say
 
 _DIGITS = {
@@ -31,12 +32,16 @@ _UNITS = {
     "ninety": 90,
 }  # fmt: skip
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-YES = frozenset("yes yeah yep yup sure correct right ok okay absolutely definitely".split())
-NO = frozenset("no nope nah not wrong incorrect negative don't".split())
+YES = frozenset({
+    "yes", "yeah", "yep", "yup", "sure", "correct", "right", "ok", "okay", "absolutely",
+    "definitely",
+})  # fmt: skip
+NO = frozenset({"no", "nope", "nah", "not", "wrong", "incorrect", "negative", "don't"})
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[\w']+", text.lower())
+    """Lower-case words, with "'s" dropped ("where's" is "where", "order's" is "order")."""
+    return re.findall(r"[\w']+", re.sub(r"'s\b", "", text.lower()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,9 +40,7 @@ def placeholders(template: str) -> list[tuple[str, str | None]]:
     return [(m.group(1), m.group(2)) for m in _PLACEHOLDER.finditer(template)]
 
 
-def render(
-    template: str, variables: Mapping[str, Any], encode: Callable[[str], str] = str
-) -> str:
+def render(template: str, variables: Mapping[str, Any], encode: Callable[[str], str] = str) -> str:
     """Fill placeholders; a missing variable renders empty. ``encode`` protects each value."""
 
     def fill(match: re.Match[str]) -> str:
@@ -86,7 +84,7 @@ def ssml_problem(text: str) -> str | None:
 def ssml_to_text(ssml: str) -> str:
     parts: list[str] = []
     _flatten(ET.fromstring(ssml), parts)
-    return " ".join(" ".join(parts).split()).replace(" ,", ",")
+    return re.sub(r"\s+([,.!?;:])", r"\1", " ".join(" ".join(parts).split()))
 
 
 def _flatten(element: ET.Element, parts: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from bridge.call import Call
 from bridge.config import ConfigError, SipConfig
-from bridge.dialog.dialplan import Dialplan
+from bridge.dialog.dialplan import Dialplan, DialplanError
 from bridge.media.g711 import codec_by_name
 from bridge.sip.agent import AgentConfig
 from bridge.sip.auth import DigestVerifier
@@ -245,27 +245,31 @@ class SipFront:
             log.warning("503 for %s: not ready or at capacity", event.call_id)
             event.reject(503)
             return
-        name = self._route(event)
-        if name not in self.bridge.dialplans.names():
-            log.warning("404 for %s: no dialplan %r", event.call_id, name)
+        try:
+            plan = self._route(event)
+        except DialplanError as exc:
+            log.warning("404 for %s: %s", event.call_id, exc)
             event.reject(404)
             return
         active = _Active(event.call_id)
         self._active[event.call_id] = active
         source = f"{event.source.host}:{event.source.port}"
-        self._start_call(
-            active, event.media, event.local_rtp_port, self._dialplan(name), event.answer, source
-        )
+        self._start_call(active, event.media, event.local_rtp_port, plan, event.answer, source)
 
-    def _route(self, event: IncomingCall) -> str:
-        """The dialplan for the called user: Request-URI user, else To user, else the default."""
+    def _route(self, event: IncomingCall) -> Dialplan:
+        """The dialplan for the called user (Request-URI user, else To user): the operator's
+        ``sip.routes`` first, then a plan named so or serving it, else the default plan."""
         users = [event.request_uri_user]
         with contextlib.suppress(ValueError):
             users.append(SipUri.parse(event.to_uri).user)
-        for user in users:
-            if user and user in self.config.routes:
-                return self.config.routes[user]
-        return self.bridge.config.dialog.default_dialplan
+        called = [user for user in users if user]
+        for user in called:
+            if user in self.config.routes:
+                return self._dialplan(self.config.routes[user])
+        for user in called:
+            with contextlib.suppress(DialplanError):
+                return self.bridge.dialplans.find("sip", user)
+        return self._dialplan(self.bridge.config.dialog.default_dialplan)
 
     def _start_call(
         self,

@@ -77,8 +77,9 @@ def dashscope_settings(config: SpeechConfig) -> DashScopeSettings | None:
             for name, provider in (("asr", config.asr.provider), ("tts", config.tts.provider))
             if provider == "dashscope"
         ]
+        verb = "are" if len(keys) > 1 else "is"
         raise ConfigError(
-            f"{' and '.join(keys)} is 'dashscope' but DASHSCOPE_API_KEY is not set "
+            f"{' and '.join(keys)} {verb} 'dashscope' but DASHSCOPE_API_KEY is not set "
             "(export the key of the region/workspace in speech.dashscope)"
         )
     ds = config.dashscope

@@ -63,7 +63,7 @@ async def offer(request: web.Request) -> web.Response:
         return json_error(400, problem)
     dialplan_name = params.get("dialplan") or bridge.config.dialog.default_dialplan
     try:
-        plan = bridge.dialplans.get(dialplan_name)
+        plan = bridge.dialplans.find("webrtc", dialplan_name)
     except DialplanError as exc:
         return json_error(404, str(exc))
     if not bridge.ready:
