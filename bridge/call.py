@@ -255,7 +255,7 @@ class Call:
             frame = self._to_asr_rate(frame)
             self.record.write_audio("caller", frame, self._caller_samples_seen / frame.sample_rate)
             self._caller_samples_seen += frame.num_samples
-            if self._vad_executor is None:
+            if self._vad_executor is None or not self._vad.costly:
                 events = self._vad.process(frame)
             else:
                 events = await loop.run_in_executor(self._vad_executor, self._vad.process, frame)

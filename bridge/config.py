@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bridge.sip.uri import SipUri
 from bridge.typedyaml import YamlError, load_typed
 
 
@@ -164,6 +165,30 @@ class SipAuthConfig:
 
 
 @dataclass
+class SipRegistrationConfig:
+    """A trunk the bridge registers with, so calls to ``user@domain`` are sent to it."""
+
+    registrar: str  # sip:host[:port] the REGISTER goes to (also its Request-URI)
+    user: str  # address-of-record user; the trunk's INVITEs then name this user
+    domain: str | None = None  # address-of-record domain; None: the registrar's host
+    auth_username: str | None = None  # digest username; None: user
+    password_env: str | None = None  # environment variable holding the password (never inline)
+    expires: int = 3600  # seconds asked for; the registrar may grant less or demand more (423)
+    transport: Literal["udp", "tcp"] = "udp"
+
+    def validate(self) -> str | None:
+        try:
+            uri = SipUri.parse(self.registrar)
+        except ValueError:
+            return f"registrar: {self.registrar!r} is not a SIP URI (sip:host[:port])"
+        if uri.user or uri.params or uri.headers:
+            return f"registrar: {self.registrar!r} must be just sip:host[:port]"
+        if self.expires <= 0:
+            return "expires: must be a positive number of seconds"
+        return None
+
+
+@dataclass
 class SipConfig:
     enabled: bool = True
     host: str = "127.0.0.1"  # listen address, also advertised in Via/Contact/SDP
@@ -184,6 +209,7 @@ class SipConfig:
     outbound_targets: list[str] = field(default_factory=list)
     outbound_from: str = "bridge"
     no_rtp_timeout_s: float = 20.0
+    registrations: list[SipRegistrationConfig] = field(default_factory=list)
 
     def validate(self) -> str | None:
         try:

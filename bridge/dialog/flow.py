@@ -57,7 +57,6 @@ class Flow:
         self.plan = plan
         self.variables: dict[str, Any] = {**plan.variables, **(variables or {})}
         self.step: str | None = None  # the step waiting for the caller or a webhook
-        self.trace: list[str] = []  # every step entered, in order (logs, tests)
         self.ended = False
         self._attempts = 0
         self._digits = ""  # keys pressed so far for a collect
@@ -143,7 +142,6 @@ class Flow:
             if name is None:
                 return [*out, *self._end("end-of-flow")]
             step = self.plan.steps[name]
-            self.trace.append(name)
             self.step, self._attempts, self._digits, self._confirming = name, 0, "", False
             for variable, template in step.set.items():
                 self.variables[variable] = render(template, self.variables)

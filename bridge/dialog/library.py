@@ -98,7 +98,7 @@ class DialplanLibrary:
         """The plan for a WebRTC name or SIP user: a plan of that name, else the one serving it."""
         plan = self._plans.get(key) or self._serving[channel].get(key)
         if plan is None:
-            raise DialplanError(f"no dialplan serves {channel} {key!r}")
+            raise DialplanError(f"unknown dialplan {key!r} (none is named so or serves it)")
         return plan
 
     def reload(self) -> list[str]:

@@ -106,6 +106,8 @@ class Vad:
             self._engine = _WebRtc(sample_rate, webrtc_mode)
         else:
             self._engine = _WebRtc(16000, webrtc_mode)
+        self.costly = engine == "silero"
+        """Inference is worth running off the event loop; a thread hop costs more than webrtc."""
         self._window_ms = self._engine.window * 1000 / self._engine.rate
         self.is_speech = False
         self.probability = 0.0

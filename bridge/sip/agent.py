@@ -118,6 +118,9 @@ class UserAgent:
         self._client: dict[tuple[str, str], ClientInviteTransaction | ClientTransaction] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
+        # Requests the application sent itself (REGISTER): their outcomes go back to it.
+        self._requested: set[tuple[str, str]] = set()
+        self._outcomes: list[tuple[Request, Response | None]] = []
 
     # -- I/O boundary -------------------------------------------------------------------
 
@@ -127,6 +130,11 @@ class UserAgent:
 
     def events(self) -> list[Event]:
         out, self._events = self._events, []
+        return out
+
+    def outcomes(self) -> list[tuple[Request, Response | None]]:
+        """Final responses to :meth:`send_request` requests (None: the request timed out)."""
+        out, self._outcomes = self._outcomes, []
         return out
 
     @property
@@ -266,6 +274,15 @@ class UserAgent:
         self._start_client(refer, call.remote, now)
         self._sweep(now)
         return True
+
+    def send_request(self, request: Request, remote: Address, now: float) -> None:
+        """Send an out-of-dialog non-INVITE request the application built (REGISTER) in a
+        client transaction, adding our Via; its outcome comes out of :meth:`outcomes`."""
+        others = [(name, value) for name, value in request.headers if name != "Via"]
+        request.headers = Headers([("Via", self._via(remote.transport)), *others])
+        self._start_client(request, remote, now)
+        self._requested.add(client_key(request))
+        self._sweep(now)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -531,6 +548,10 @@ class UserAgent:
             log.debug("stray response %s for %s", response.status, response.call_id)
             return
         delivered = tx.receive_response(response, now)
+        if client_key(tx.request) in self._requested:
+            if delivered is not None and delivered.status >= 200:
+                self._finish_requested(tx, delivered)
+            return
         call = self.calls.get(response.call_id)
         if delivered is None or call is None:
             return
@@ -669,6 +690,9 @@ class UserAgent:
         return any(t.request.call_id == call_id for t in transactions)
 
     def _on_timeout(self, tx: Transaction, now: float) -> None:
+        if client_key(tx.request) in self._requested:
+            self._finish_requested(tx, None)
+            return
         call = self.calls.get(tx.request.call_id)
         if call is None or call.state == "ended":
             return
@@ -680,6 +704,10 @@ class UserAgent:
             self._end(call, CallFailed(call.call_id, 408, "Request Timeout"))
         elif tx.request.method == "REFER":
             self._events.append(TransferProgress(call.call_id, 408, "Request Timeout", True))
+
+    def _finish_requested(self, tx: Transaction, response: Response | None) -> None:
+        self._requested.discard(client_key(tx.request))
+        self._outcomes.append((tx.request, response))
 
     def _refuse(self, message: Message, source: Address) -> None:
         """Answer a request from a source outside the allow-list (never an ACK or response)."""

@@ -12,6 +12,7 @@ import dataclasses
 
 from bridge.sip.agent import AgentConfig, UserAgent
 from bridge.sip.events import Event, IncomingCall
+from bridge.sip.message import Request, Response
 from bridge.sip.transaction import Address
 from bridge.sip.transport import SipTransport
 
@@ -24,6 +25,7 @@ class SipEndpoint:
         self._transport = SipTransport(self._receive)
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
+        self._requests: dict[Request, asyncio.Future[Response | None]] = {}
 
     async def start(self, tcp: bool = True) -> int:
         """Listen on UDP (and TCP) and return the bound port, also advertised in Via/Contact."""
@@ -34,6 +36,8 @@ class SipEndpoint:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for future in self._requests.values():
+            future.cancel()
         await self._transport.close()
 
     async def __aenter__(self) -> SipEndpoint:
@@ -75,6 +79,15 @@ class SipEndpoint:
         self._pump()
         return sent
 
+    def request(self, request: Request, remote: Address) -> asyncio.Future[Response | None]:
+        """Send an out-of-dialog request (REGISTER); the future gets its final response, or
+        None when it timed out."""
+        future: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+        self._requests[request] = future
+        self.agent.send_request(request, remote, self._now())
+        self._pump()
+        return future
+
     def _receive(self, data: bytes, source: Address) -> None:
         self.agent.receive(data, source, self._now())
         self._pump()
@@ -92,6 +105,10 @@ class SipEndpoint:
             if isinstance(event, IncomingCall):
                 event = dataclasses.replace(event, control=self)
             self._events.put_nowait(event)
+        for request, response in self.agent.outcomes():
+            future = self._requests.pop(request)
+            if not future.done():
+                future.set_result(response)
         deadline = self.agent.deadline
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()

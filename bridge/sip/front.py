@@ -40,7 +40,8 @@ from bridge.sip.events import (
 )
 from bridge.sip.ports import PortAllocator, PortsExhausted
 from bridge.sip.protection import AllowList, DestinationPolicy, RateLimiter
-from bridge.sip.rtp_session import RtpLeg, RtpSettings
+from bridge.sip.register import RegistrationClient, registrations
+from bridge.sip.rtp_session import MediaClock, RtpLeg, RtpSettings
 from bridge.sip.sdp import NegotiatedMedia
 from bridge.sip.uri import SipUri
 
@@ -147,16 +148,22 @@ class SipFront:
         self.endpoint = SipEndpoint(agent_config(config), config.host, config.port)
         self.ring_timeout_s = ring_timeout_s
         self.rtp_settings = RtpSettings(no_rtp_timeout_s=config.no_rtp_timeout_s)
+        self.media_clock = MediaClock()
         self._transfers = DestinationPolicy(config.transfer_targets)
         self._destinations = DestinationPolicy(config.outbound_targets)
         self._active: dict[str, _Active] = {}
         self._outbound: dict[str, OutboundCall] = {}
         self._events: asyncio.Task[None] | None = None
+        self._registrations: list[RegistrationClient] = []
 
     async def start(self) -> int:
         port = await self.endpoint.start(tcp="tcp" in self.config.transports)
         self._events = asyncio.create_task(self._dispatch(), name="sip-events")
         log.info("SIP listening on %s:%d", self.config.host, port)
+        trunks = registrations(self.config, self.endpoint.agent.config, os.environ)
+        self._registrations = [RegistrationClient(self.endpoint, trunk) for trunk in trunks]
+        for client in self._registrations:
+            client.start()
         return port
 
     async def close(self) -> None:
@@ -166,7 +173,13 @@ class SipFront:
             if active.call is not None:
                 active.call.hangup("shutdown")
             self.endpoint.hangup(active.sip_id)
+        await asyncio.gather(*(client.stop() for client in self._registrations))
         await self.endpoint.close()
+
+    def registration_status(self) -> list[dict[str, object]]:
+        """Each trunk registration's state and last SIP status, for the status API."""
+        now = asyncio.get_running_loop().time()
+        return [client.registration.status(now) for client in self._registrations]
 
     # --- outbound ---------------------------------------------------------------------------
 
@@ -290,7 +303,9 @@ class SipFront:
         active.call = call
         if active.outbound is not None:
             active.outbound.record_id = call.call_id
-        active.leg = RtpLeg(call, media, self.config.host, rtp_port, self.rtp_settings)
+        active.leg = RtpLeg(
+            call, media, self.config.host, rtp_port, self.rtp_settings, self.media_clock
+        )
         self.bridge.spawn(self._run(active, active.leg, call, answer))
 
     async def _run(

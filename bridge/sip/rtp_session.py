@@ -1,8 +1,8 @@
 """One call's RTP leg: a sans-I/O core (:class:`RtpSession`) and its adapter (:class:`RtpLeg`).
 
 The core takes datagrams and the time and hands back digits, caller frames and packets to send;
-the adapter owns the UDP socket and one 20 ms :class:`PlayoutClock` that drives both directions,
-so outbound pacing and inbound playout can never drift apart.
+the adapter owns the UDP socket and is driven, in both directions, by the process's one 20 ms
+:class:`MediaClock`, so outbound pacing and inbound playout can never drift apart.
 
 Choices, and why:
 
@@ -10,6 +10,9 @@ Choices, and why:
   says, so after the first valid packet we send to where the caller's RTP actually comes from.
   The latch is taken once per offer/answer (a re-INVITE may move the stream), so stray or
   spoofed packets cannot steal a running call's media.
+* One clock task ticks every leg, not a sleeping task per call: one timer wake-up per 20 ms
+  however many calls are up, and each tick sends every leg's packet before any leg's caller
+  audio is processed, so a send never queues behind other calls' inbound work.
 * The clock ticks every 20 ms, the call's frame size. Packets carry the negotiated ``ptime`` of
   audio and go out as soon as that much is ready, so 40/60 ms ptimes are paced exactly and 30 ms
   ones alternate 20/40 ms gaps, which every jitter buffer absorbs.
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -175,17 +179,60 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.leg.received(data, (addr[0], addr[1]))
 
 
+class MediaClock:
+    """The 20 ms tick shared by every RTP leg of the process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._legs: dict[RtpLeg, None] = {}  # ordered: legs tick in the order they joined
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self, leg: RtpLeg) -> None:
+        self._legs[leg] = None
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="rtp-clock")
+
+    def leave(self, leg: RtpLeg) -> None:
+        self._legs.pop(leg, None)
+
+    async def _run(self) -> None:
+        # A fresh grid whenever calls resume after none were up, so the idle gap is no stall.
+        clock = PlayoutClock(FRAME_MS / 1000)
+        try:
+            while self._legs:
+                skipped = clock.skipped
+                deadline = clock.deadline(await clock.wait_next())
+                legs = list(self._legs)
+                for leg in legs:
+                    leg.send_tick(deadline, clock.skipped - skipped)
+                now = time.monotonic()
+                for leg in legs:
+                    leg.receive_tick(now)
+        finally:
+            self._task = None
+
+
 class RtpLeg:
-    """The RTP socket and the 20 ms clock of one call, feeding and draining its :class:`Call`."""
+    """The RTP socket of one call, feeding and draining its :class:`Call` on the shared clock."""
 
     def __init__(
-        self, call: Call, media: NegotiatedMedia, host: str, port: int, settings: RtpSettings
+        self,
+        call: Call,
+        media: NegotiatedMedia,
+        host: str,
+        port: int,
+        settings: RtpSettings,
+        clock: MediaClock,
     ) -> None:
         self.call = call
         self.host, self.port = host, port
         self.session = RtpSession(media, time.monotonic(), settings)
-        self.clock = PlayoutClock(FRAME_MS / 1000)
+        self.lateness: deque[float] = deque(maxlen=15_000)
+        """Seconds each recent send came after its tick's deadline."""
+        self.skipped = 0
+        """Ticks the shared clock dropped (after stalls) while this leg was on it."""
+        self._clock = clock
         self._transport: asyncio.DatagramTransport | None = None
+        self._finished: asyncio.Future[None] | None = None
         call.metrics.extra["rtp"] = self.stats
 
     async def start(self) -> None:
@@ -204,21 +251,47 @@ class RtpLeg:
         self.session.update(media, time.monotonic())
 
     async def run(self) -> None:
-        """Tick until the call ends: send the bot's audio, feed the caller's, watch for silence."""
+        """Tick on the shared clock until the call ends: send the bot's audio, feed the
+        caller's, watch for silence."""
+        if self.call.ended:
+            return
+        self._finished = asyncio.get_running_loop().create_future()
+        self._clock.join(self)
         try:
-            while not self.call.ended:
-                await self.clock.wait_next()
-                packet = self.session.outbound(self.call.pull_bot_frame)
-                if packet is not None and self._transport is not None:
-                    self._transport.sendto(packet, self.session.remote)
-                now = time.monotonic()
-                self.call.feed_caller_audio(self.session.caller_audio(now))
-                if self.session.timed_out(now):
-                    log.info("call %s: RTP timed out", self.call.call_id)
-                    self.call.hangup("no-media")
+            await self._finished
+        finally:
+            self._clock.leave(self)
+
+    def send_tick(self, deadline: float, skipped: int) -> None:
+        self.skipped += skipped
+        try:
+            packet = self.session.outbound(self.call.pull_bot_frame)
+            self.lateness.append(time.monotonic() - deadline)
+            if packet is not None and self._transport is not None:
+                self._transport.sendto(packet, self.session.remote)
         except Exception:
-            log.exception("call %s: RTP leg failed", self.call.call_id)
-            self.call.hangup("error")
+            self._fail()
+
+    def receive_tick(self, now: float) -> None:
+        try:
+            self.call.feed_caller_audio(self.session.caller_audio(now))
+            if self.session.timed_out(now):
+                log.info("call %s: RTP timed out", self.call.call_id)
+                self.call.hangup("no-media")
+        except Exception:
+            self._fail()
+        if self.call.ended:
+            self._finish()
+
+    def _fail(self) -> None:
+        log.exception("call %s: RTP leg failed", self.call.call_id)
+        self.call.hangup("error")
+        self._finish()
+
+    def _finish(self) -> None:
+        self._clock.leave(self)
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -228,8 +301,8 @@ class RtpLeg:
 
     def stats(self) -> dict[str, object]:
         """Session counters, jitter-buffer stats and send-tick lateness (ms) for records/benches."""
-        lateness = np.array(self.clock.lateness) * 1000
-        ticks: dict[str, object] = {"ticks": int(lateness.size), "skipped": self.clock.skipped}
+        lateness = np.array(self.lateness) * 1000
+        ticks: dict[str, object] = {"ticks": int(lateness.size), "skipped": self.skipped}
         if lateness.size:
             p50, p99 = np.percentile(lateness, [50, 99])
             ticks |= {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}

@@ -111,7 +111,10 @@ def tool_chunk(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, 
         # The arguments arrive in a second delta, as real servers stream them.
         "_then": {
             "choices": [
-                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args}}]}}
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args}}]},
+                }
             ]
         },
     }

@@ -50,7 +50,11 @@ BROKEN = {
         7,
         "expected an integer, got 'lots'",
     ),
-    "two actions": (GOOD.replace("hangup: done", "hangup: done\n    transfer: x"), 11, "more than one action"),
+    "two actions": (
+        GOOD.replace("hangup: done", "hangup: done\n    transfer: x"),
+        11,
+        "more than one action",
+    ),
     "dead end": (GOOD.replace("    hangup: done\n", ""), 9, "dead end"),
     "unknown webhook": (
         GOOD.replace("hangup: done", "webhook: lookup\n    goto: menu"),
@@ -62,9 +66,17 @@ BROKEN = {
         7,
         "'x' is not a DTMF key",
     ),
-    "llm step without llm settings": (GOOD.replace("hangup: done", "llm: {}"), 11, "no 'llm' section"),
+    "llm step without llm settings": (
+        GOOD.replace("hangup: done", "llm: {}"),
+        11,
+        "no 'llm' section",
+    ),
     "invalid SSML": (GOOD.replace("say: Bye.", "say: <speak>Bye.</spek>"), 10, "invalid SSML"),
-    "unknown template filter": (GOOD.replace("say: Bye.", "say: '{{ x | loud }}'"), 10, "unknown filter"),
+    "unknown template filter": (
+        GOOD.replace("say: Bye.", "say: '{{ x | loud }}'"),
+        10,
+        "unknown filter",
+    ),
     "collect without slot": (
         GOOD.replace("hangup: done", "collect: {type: digits}\n    goto: menu"),
         11,
@@ -76,7 +88,7 @@ BROKEN = {
         "needs exactly one of",
     ),
     "invalid YAML": (GOOD.replace("say: Hello.", "say: [Hello"), 6, "invalid YAML"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(("text", "line", "message"), BROKEN.values(), ids=BROKEN.keys())

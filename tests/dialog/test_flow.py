@@ -87,7 +87,10 @@ Script = list[tuple[DialogEvent | WebhookResult, list[str]]]
 MENU_CASES: dict[str, Script] = {
     "intent by keyword, set, say, hangup": [
         (CallStarted(), [WELCOME]),
-        (CallerText("When are you open?"), ["say:Open all day (hours).", "say:Bye.", "hangup:done"]),
+        (
+            CallerText("When are you open?"),
+            ["say:Open all day (hours).", "say:Bye.", "hangup:done"],
+        ),
         (CallerText("hello?"), []),  # the flow has ended
     ],
     "dtmf menu": [
@@ -166,13 +169,19 @@ MENU_CASES: dict[str, Script] = {
     "branch default is the goto": [
         (CallStarted(), [WELCOME]),
         (CallerText("order 1234"), ["say:Checking.", FETCH_1234]),
-        (WebhookResult(True, 200, {"status": "packing"}), ["say:It is packing.", "say:Anything else?", "hangup:asked"]),
+        (
+            WebhookResult(True, 200, {"status": "packing"}),
+            ["say:It is packing.", "say:Anything else?", "hangup:asked"],
+        ),
     ],
     "barge-in policy per step": [
         (CallStarted(), [WELCOME]),
-        (CallerText("the notice"), ["say(keys):A notice.", "say(locked):Legal text.", "say:Bye.", "hangup:done"]),
+        (
+            CallerText("the notice"),
+            ["say(keys):A notice.", "say(locked):Legal text.", "say:Bye.", "hangup:done"],
+        ),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("script", MENU_CASES.values(), ids=MENU_CASES.keys())

@@ -86,7 +86,13 @@ def test_context_keeps_the_last_turns_within_the_token_budget() -> None:
         context.add_user(f"question {n}")
         context.add_spoken(f"answer {n}")
     wired = context.wire("system")
-    assert [m["content"] for m in wired] == ["system", "question 1", "answer 1", "question 2", "answer 2"]
+    assert [m["content"] for m in wired] == [
+        "system",
+        "question 1",
+        "answer 1",
+        "question 2",
+        "answer 2",
+    ]
 
     tight = Context(max_turns=10, max_tokens=estimate_tokens("system") + 40)
     tight.add_user("x" * 200)
@@ -188,9 +194,7 @@ async def test_webhook_tool(assistant, llm_server, backend) -> None:
         [(0.0, tool_chunk("call-1", "check_order", {"order_number": "123456"}))],
         [(0.0, text_chunk("Good news: it has shipped."))],
     ]
-    assert await turn(assistant, CallerText("Order 123456?")) == [
-        "say:Good news: it has shipped."
-    ]
+    assert await turn(assistant, CallerText("Order 123456?")) == ["say:Good news: it has shipped."]
     assert backend.requests == ["/orders/123456"]
     assert llm_server.requests[0]["tools"][0]["function"]["name"] == "check_order"
     messages: list[dict[str, Any]] = llm_server.requests[1]["messages"]

@@ -18,12 +18,15 @@ from tests.e2e.webrtc_caller import RATE, WebRtcCaller, is_bot_final
 pytestmark = pytest.mark.slow
 
 
-def _said(fragment: str):  # noqa: ANN202
+def _said(fragment: str):
     return lambda e: is_bot_final(e) and fragment in str(e.get("said", "")).lower()
 
 
 async def test_customer_service_order_lookup(
-    tmp_path: Path, speech_engines, speak, backend  # noqa: F811
+    tmp_path: Path,
+    speech_engines,
+    speak,
+    backend,  # noqa: F811
 ) -> None:
     plans = tmp_path / "dialplans"
     shutil.copytree(REPO / "dialplans", plans)
@@ -49,7 +52,10 @@ async def test_customer_service_order_lookup(
 
 
 async def test_assistant_llm_reply_and_barge_in(
-    tmp_path: Path, speech_engines, speak, llm_server  # noqa: F811
+    tmp_path: Path,
+    speech_engines,
+    speak,
+    llm_server,  # noqa: F811
 ) -> None:
     llm_server.scripts = [
         [
