@@ -91,6 +91,29 @@ class _Slot:
         return self.ts + self.samples.size
 
 
+class _WindowMin:
+    """Minimum of the last ``size`` values in O(1) amortised (a monotonic queue): the base
+    transit is read for every packet and every frame, so rescanning the window would cost."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._count = 0
+        self._candidates: deque[tuple[int, float]] = deque()  # increasing values, oldest first
+
+    def append(self, value: float) -> None:
+        candidates = self._candidates
+        while candidates and candidates[-1][1] >= value:
+            candidates.pop()
+        candidates.append((self._count, value))
+        self._count += 1
+        if candidates[0][0] <= self._count - 1 - self._size:
+            candidates.popleft()
+
+    @property
+    def min(self) -> float:
+        return self._candidates[0][1]
+
+
 def _best_lag(x: np.ndarray, min_lag: int, max_lag: int, window: int) -> int:
     """The lag at which the last ``window`` samples of ``x`` best match ``x`` delayed by it
     (normalised cross-correlation); needs ``len(x) >= window + max_lag``."""
@@ -207,7 +230,7 @@ class JitterBuffer:
         self._seen: set[int] = set()
         self._highest: tuple[int, int, float] | None = None  # raw seq, raw ts, arrival
         self._probation: tuple[RtpPacket, float] | None = None
-        self._transits: deque[float] = deque(maxlen=_BASE_WINDOW)
+        self._base_transit = _WindowMin(_BASE_WINDOW)
         self._last_transit: float | None = None
         self._play_ts: int | None = None
         self._waiting = True
@@ -288,8 +311,8 @@ class JitterBuffer:
         if self._last_transit is not None:
             self._jitter += (abs(transit - self._last_transit) - self._jitter) / 16
         self._last_transit = transit
-        self._transits.append(transit)
-        variation = transit - min(self._transits)
+        self._base_transit.append(transit)
+        variation = transit - self._base_transit.min
         if self._peak_at is not None:
             self._peak *= 0.5 ** ((arrival - self._peak_at) / _PEAK_HALF_LIFE_S)
         self._peak = max(self._peak, variation)
@@ -301,7 +324,7 @@ class JitterBuffer:
         return min(max(self._peak, self._min_delay), self._max_delay)
 
     def _slack(self, ts: int, now: float) -> float:
-        return now - min(self._transits) - ts / self._rate
+        return now - self._base_transit.min - ts / self._rate
 
     def pop(self, now: float) -> AudioFrame | None:
         n = self._frame
@@ -340,7 +363,9 @@ class JitterBuffer:
         """Render the next frame from the cursor, compressing out up to ``excess`` samples."""
         assert self._play_ts is not None
         self._since_adjust += 1
-        if excess > 0 and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
+        # Every cut is at least a pitch period long (or a whole frame), so smaller excesses wait.
+        fits = excess >= min(self._concealer.min_lag, n)
+        if fits and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
             lookahead = n + max(n, 2 * self._concealer.max_lag)
             x, mask = self._read(lookahead)
             cut = self._shrink_cut(x, n, excess) if mask.all() else 0
@@ -375,6 +400,9 @@ class JitterBuffer:
 
     def _render(self, samples: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Real samples where ``mask`` is set, concealment elsewhere, crossfaded at edges."""
+        if not self._concealer.active and mask.all():
+            self._concealer.observe(samples)
+            return samples  # the usual frame: all real, already int16
         out = np.empty(samples.size)
         edges = [0, *(np.flatnonzero(np.diff(mask)) + 1), samples.size]
         for lo, hi in pairwise(edges):
@@ -401,8 +429,9 @@ class JitterBuffer:
             self._last_played = seq if self._last_played is None else max(self._last_played, seq)
 
     def _emit(self, out: np.ndarray) -> AudioFrame:
-        samples = np.clip(np.round(out), -32768, 32767).astype(np.int16)
-        frame = AudioFrame(samples, self._rate, self._out_ts)
+        if out.dtype != np.int16:
+            out = np.clip(np.round(out), -32768, 32767).astype(np.int16)
+        frame = AudioFrame(out, self._rate, self._out_ts)
         self._out_ts = frame.end_timestamp
         return frame
 

@@ -285,7 +285,7 @@ def registrations(
 ) -> list[Registration]:
     """The configured trunk registrations, contacting us at the agent's host and bound port;
     passwords are read from the named environment variables."""
-    found = []
+    found: list[Registration] = []
     for config in sip.registrations:
         if config.password_env is not None and config.password_env not in environ:
             raise ConfigError(

@@ -116,26 +116,29 @@ async def test_greeting_and_answer_through_dashscope(
         greeting = await caller.wait_event(is_bot_final, timeout=60)
         await asyncio.sleep(0.5)
         caller.mic.say(speak(QUESTION, RATE))
-        await caller.wait_event(is_answer, timeout=60)
+        answer = await caller.wait_event(is_answer, timeout=60)
         heard = transcribe(caller.received.samples(), RATE).lower()
     finally:
         await caller.close()
 
-    assert greeting["interrupted"] is False
+    assert greeting["interrupted"] is False and answer["interrupted"] is False
     assert "thank you for calling" in heard
     assert "monday to friday" in heard or "nine in the morning" in heard
-    sentences = watched(emulator)
-    assert all(s.finished for s in sentences)
-    assert any(s.text == LAST_GREETING_SENTENCE for s in sentences)
+    sentences = watched(emulator)  # a follow-up question may be cut by the hang-up
+    played = [s for s in sentences if s.text in f"{greeting['said']} {answer['said']}"]
+    assert len(played) == 4 and all(s.finished for s in played)
+    assert played[2].text == LAST_GREETING_SENTENCE
 
     lines, meta = await call_record(bridge, caller.call_id)
     assert any("hours" in x.get("text", "").lower() for x in lines if x["who"] == "caller")
     speech = meta["metrics"]["speech"]
     tts, asr = speech["tts"], speech["asr"]
-    assert tts["streams"] == 2 and len(tts["first_packet_ms"]) == 2
-    assert all(0 < ms < 1000 for ms in tts["first_packet_ms"])
-    assert tts["billed_characters"] == sum(billed_characters(s.text) for s in sentences)
-    assert tts["tasks"] == 2 and tts["failures"] == 0 and tts["audio_seconds"] > 5
+    assert tts["streams"] >= 2 and len(tts["first_packet_ms"]) >= 2
+    assert all(0 < ms < 1000 for ms in tts["first_packet_ms"]), tts
+    billed = tts["billed_characters"]
+    assert sum(billed_characters(s.text) for s in played) <= billed
+    assert billed <= sum(billed_characters(s.text) for s in sentences)
+    assert tts["tasks"] >= 2 and tts["failures"] == 0 and tts["audio_seconds"] > 5
     assert asr["tasks"] == 1 and asr["failures"] == 0 and asr["billed_audio_seconds"] >= 1
     assert asr["audio_seconds"] > 5 and len(asr["first_packet_ms"]) == 1
 
@@ -197,5 +200,6 @@ async def test_service_failure_mid_call_falls_back_and_the_call_goes_on(
     _, meta = await call_record(bridge, caller.call_id)
     speech = meta["metrics"]["speech"]
     assert speech["asr"]["failures"] == 2  # the stream and its retry; then the embedded one
-    assert speech["tts"]["failures"] == 2  # the answer and its retry; then the embedded voice
+    # The answer and its retry (then the embedded voice); so for any follow-up question.
+    assert speech["tts"]["failures"] >= 2
     assert meta["end_reason"] in {"hangup", "peer-gone"}

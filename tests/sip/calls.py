@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bridge.media.g711 import codec_by_name
+from tests.peers.availability import in_ci, require_binary
 from tests.sip.sipp import SCENARIOS
 
 SILENCE_8K = np.zeros(8000, np.int16)
@@ -32,6 +35,16 @@ def rtp_stream(path: Path, payload_type: int, loops: int = 1) -> str:
 
 def pause(ms: int) -> str:
     return f'  <pause milliseconds="{ms}"/>'
+
+
+def dtmf_pcap(key: str) -> str:
+    """A sipp step playing sipp's shipped RFC 4733 pcap of ``key`` ("1", "pound"...). The pcap
+    player needs raw sockets: without root the test fails under CI and skips elsewhere."""
+    if os.geteuid() != 0:
+        message = "sipp's pcap player needs root (raw sockets)"
+        pytest.fail(message) if in_ci() else pytest.skip(message)
+    pcaps = Path(require_binary("sipp")).resolve().parent.parent / "share" / "sip-tester"
+    return f'  <nop><action><exec play_pcap_audio="{pcaps}/dtmf_2833_{key}.pcap"/></action></nop>'
 
 
 def callee_scenario(path: Path, *steps: str) -> Path:
@@ -98,8 +111,11 @@ def referenced(name: str) -> str:
     return f'  <Reference variables="{name}"/>'
 
 
-def in_dialog(method: str, cseq: int, body: str = "", *headers: str) -> str:
-    """A sipp step sending an in-dialog request of the caller (From sipp, To the bridge)."""
+def in_dialog(
+    method: str, cseq: int, body: str = "", *headers: str, to_tag: str = "[peer_tag_param]"
+) -> str:
+    """A sipp step sending an in-dialog request of the caller (From sipp, To the bridge).
+    ``to_tag``: the bridge's tag, when sipp has since talked to another peer (a transfer)."""
     extra = "".join(f"      {h}\n" for h in headers)
     return f"""  <send retrans="500">
     <![CDATA[
@@ -107,7 +123,7 @@ def in_dialog(method: str, cseq: int, body: str = "", *headers: str) -> str:
       {method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      To: [service] <sip:[service]@[remote_ip]:[remote_port]>{to_tag}
       Call-ID: [call_id]
       CSeq: {cseq} {method}
       Contact: sip:sipp@[local_ip]:[local_port]

@@ -31,12 +31,13 @@ StartBridge = Callable[..., Awaitable[SipBridge]]
 
 @pytest.fixture
 async def sip_bridge(tmp_path: Path, speech_engines: SpeechEngines) -> AsyncIterator[StartBridge]:
-    """Start a bridge whose ``sip`` config takes the given overrides; stopped after the test."""
+    """Start a bridge whose ``sip`` config takes the given overrides (and dialplans from
+    ``dialplans``, the repository's by default); stopped after the test."""
     running: list[tuple[SipFront, Bridge, web.AppRunner]] = []
 
-    async def start(**sip: object) -> SipBridge:
+    async def start(dialplans: Path = REPO / "dialplans", **sip: object) -> SipBridge:
         config = Config()
-        config.dialog.dialplans_dir = str(REPO / "dialplans")
+        config.dialog.dialplans_dir = str(dialplans)
         config.records.dir = str(tmp_path / "records")
         rtp = free_port() & ~1
         config.sip = SipConfig(port=0, rtp_ports=f"{rtp}-{rtp + 40}", **sip)  # type: ignore[arg-type]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
 import time
 import wave
@@ -24,11 +23,11 @@ from bridge.sip.agent import AgentConfig
 from bridge.sip.endpoint import SipEndpoint
 from bridge.sip.events import CallAnswered, CallFailed
 from bridge.sip.ports import PortAllocator
-from tests.peers.availability import in_ci, require_binary
 from tests.peers.baresip import call_with_wav
 from tests.sip.calls import (
     caller_scenario,
     caller_text,
+    dtmf_pcap,
     expect_header,
     g711_file,
     in_dialog,
@@ -102,17 +101,11 @@ INFO_DTMF = in_dialog(
 async def test_dtmf_rfc4733_and_sip_info_reach_the_call(
     sip_bridge: StartBridge, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0 and in_ci():
-        pytest.fail("sipp's pcap player needs root (raw sockets)")
-    if os.geteuid() != 0:
-        pytest.skip("sipp's pcap player needs root (raw sockets)")
-    running = await sip_bridge()
-    pcaps = Path(require_binary("sipp")).resolve().parent.parent / "share" / "sip-tester"
     steps = [pause(1000)]
     for name in ("1", "2", "pound"):
-        steps += [f'  <nop><action><exec play_pcap_audio="{pcaps}/dtmf_2833_{name}.pcap"/>'
-                  "</action></nop>", pause(600)]  # fmt: skip
+        steps += [dtmf_pcap(name), pause(600)]
     steps += [INFO_DTMF, pause(500)]
+    running = await sip_bridge()
     scenario = caller_scenario(tmp_path / "dtmf.xml", *steps)
     result = await run_sipp("-sf", str(scenario), "-s", "bot", f"127.0.0.1:{running.port}")
     assert result.returncode == 0, result.output
