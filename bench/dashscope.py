@@ -46,10 +46,11 @@ from tests.conftest import loopback_config, running_bridge
 from tests.e2e.webrtc_caller import WebRtcCaller, wait_for_call_record
 
 RESULTS = Path(__file__).parent / "results"
+# Questions the customer-service dialplan answers and then goes on listening.
 QUESTIONS = (
     "What are your opening hours?",
-    "I would like to check on my order.",
-    "Can I talk to a person?",
+    "When do you close in the evening?",
+    "What time do you open?",
 )
 TARGET_OVERHEAD_P95_MS = 30.0
 

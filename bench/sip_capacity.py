@@ -173,6 +173,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=16, help="most simultaneous calls to try")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long each call lasts")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile of the bridge")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every level even after one fails (CPU per call is still measured)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     parser.add_argument(
         "--serve", nargs=3, metavar=("SIP_PORT", "RTP_PORTS", "RECORDS"), help=argparse.SUPPRESS
@@ -202,7 +207,7 @@ def main() -> None:
                 row = run_level(calls, args.seconds, sip_port, server.pid, workdir)
                 print_table([row])
                 rows.append(row)
-                if not row["pass"]:
+                if not row["pass"] and not args.keep_going:
                     break
         finally:
             server.send_signal(signal.SIGTERM)

@@ -337,11 +337,14 @@ class Call:
     def _start_bot_turn(self, event: DialogEvent) -> None:
         self._stop_no_input()
         previous = self._bot_task
-        if previous is not None and not previous.done() and self._may_cut(event):
+        generating = previous is not None and not previous.done()
+        # The turn may be fully synthesised yet still playing: keys pressed over it cut it too.
+        if (generating or self.playout.speaking) and self._may_cut(event):
             # The caller said something new before the bot finished: answer the new thing.
             self.playout.flush("superseded")
             self._handle_playout_events(time.monotonic())
-            previous.cancel()
+            if previous is not None:
+                previous.cancel()
         self._bot_task = asyncio.create_task(self._bot_turn(event, previous))
 
     def _may_cut(self, event: DialogEvent) -> bool:
@@ -389,6 +392,7 @@ class Call:
                 if isinstance(output, Say):
                     await self._say(output)
                 elif isinstance(output, Transfer):
+                    await self._wait_played()  # "putting you through" is heard before the move
                     self.record.add_event({"who": "system", "transfer": output.target})
                     self.notify({"type": "transfer", "target": output.target})
                 elif isinstance(output, Hangup):

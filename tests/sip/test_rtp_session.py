@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ from bridge.media.dtmf import DtmfSender
 from bridge.media.frame import AudioFrame
 from bridge.media.g711 import ulaw_encode
 from bridge.media.rtp import RtpPacket, RtpPacketizer
-from bridge.sip.rtp_session import RtpSession, RtpSettings
+from bridge.sip.rtp_session import MediaClock, RtpSession, RtpSettings
 from bridge.sip.sdp import NegotiatedMedia
 
 MEDIA = NegotiatedMedia("PCMU", 0, 8000, 101, 20, "127.0.0.1", 40000, "sendrecv")
@@ -116,3 +117,33 @@ def test_codec_change_and_new_address_apply_at_once() -> None:
     assert RtpPacket.parse(session.outbound(_bot) or b"").payload_type == 8
     session.receive(_audio(RtpPacketizer(0)), NAT_ADDR, 1.1)  # PCMU is no longer agreed
     assert not session.latched
+
+
+class _TickLog:
+    """Stands in for an RTP leg on the shared clock and records what it was asked to do."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name, self.log = name, log
+
+    def send_tick(self, deadline: float, skipped: int) -> None:
+        self.log.append(("send", self.name))
+
+    def receive_tick(self, now: float) -> None:
+        self.log.append(("receive", self.name))
+
+
+async def test_media_clock_sends_for_every_leg_before_receiving_and_stops_when_empty() -> None:
+    clock = MediaClock()
+    log: list[tuple[str, str]] = []
+    legs = [_TickLog("a", log), _TickLog("b", log)]
+    for leg in legs:
+        clock.join(leg)  # type: ignore[arg-type]
+    await asyncio.sleep(0.07)
+    for leg in legs:
+        clock.leave(leg)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert clock._task is None
+    ticks = [log[i : i + 4] for i in range(0, len(log), 4)]
+    assert len(ticks) >= 2
+    expected = [("send", "a"), ("send", "b"), ("receive", "a"), ("receive", "b")]
+    assert all(tick == expected for tick in ticks)
