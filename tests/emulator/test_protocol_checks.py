@@ -389,4 +389,3 @@ CHECKS: list[tuple[int, Callable[[Emulator], Awaitable[None]]]] = [
 @pytest.mark.parametrize(("number", "check"), CHECKS, ids=[f"check-{n}" for n, _ in CHECKS])
 async def test_conformance(emulator: Emulator, number: int, check) -> None:
     await check(emulator)
-
