@@ -1,9 +1,11 @@
 """DashScope-path benchmark: ``python -m bench.dashscope [--calls 4] [--turns 4] [--json PATH]``.
 
-One process, so one clock: the emulator on the embedded engines with no emulated latency, a
-bridge whose ASR and TTS providers are DashScope pointed at it, and aiortc callers, one call at
-a time. Each caller talks over the greeting, then asks ``--turns`` questions in all, waiting for
-each answer.
+The emulator on the embedded engines with no emulated latency and the aiortc callers run in this
+process; the bridge, whose ASR and TTS providers are DashScope pointed at the emulator, runs in a
+process of its own, so the callers' Opus work and the emulator's Whisper do not share its
+interpreter. Both sides date their marks on the system-wide monotonic clock. One call at a time:
+each caller talks over the greeting, then asks ``--turns`` questions in all, waiting for each
+whole answer.
 
 Reported, p50/p95 per bot answer (the greeting is not a turn):
 - turn latency: caller's end of speech (the bridge's VAD, dated back) → first answer frame sent;
@@ -15,7 +17,7 @@ Reported, p50/p95 per bot answer (the greeting is not a turn):
   measures it (``call.json`` ``speech.tts.first_packet_ms``, greeting included);
 - bridge overhead: final transcript sent → first answer frame sent, minus emulator TTS: the
   sockets and protocol round trips (run-task → task-started → text), dialog, resampling, the
-  playout's 20 ms tick. Callers run in the same process, so their Opus work is included.
+  playout's 20 ms tick.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import secrets
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,8 @@ from bridge.emulator import Emulator, Faults
 from bridge.media.frame import AudioFrame
 from bridge.media.playout import UtteranceFinished, UtteranceStarted
 from bridge.speech.base import ASR, TTS, ASRStream, SpeechChunk, Transcript
-from bridge.speech.factory import SpeechEngines, build_engines, with_providers
+from bridge.speech.factory import SpeechEngines, build_engines
+from bridge.webrtc.ice import use_ice_host_addresses
 from tests.conftest import loopback_config, running_bridge
 from tests.e2e.webrtc_caller import WebRtcCaller, wait_for_call_record
 
@@ -164,6 +169,19 @@ def turn_breakdown(clock: Clock) -> dict[str, list[float]]:
     return rows
 
 
+async def answered(caller: WebRtcCaller, utterances: int) -> None:
+    """Wait for ``utterances`` more bot finals, then until the bot stops talking (an answer may
+    be several utterances back to back)."""
+    want = len(caller.bot_finals()) + utterances
+    await caller.wait_event(lambda e: len(caller.bot_finals()) >= want, 60)
+    while True:
+        seen = len(caller.events)
+        await asyncio.sleep(0.3)
+        states = [e["state"] for e in caller.events if e.get("type") == "state"]
+        if len(caller.events) == seen and states[-1:] == ["listening"]:
+            return
+
+
 async def one_call(base_url: str, speech: list[np.ndarray], turns: int) -> str:
     caller = WebRtcCaller(base_url)
     await caller.connect()
@@ -172,48 +190,74 @@ async def one_call(base_url: str, speech: list[np.ndarray], turns: int) -> str:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)
         for turn in range(turns):
-            finals = len(caller.bot_finals())
             caller.mic.say(speech[turn % len(speech)])
-            # The cut greeting (first turn only), then the answer.
-            want = finals + (2 if turn == 0 else 1)
-            await caller.wait_event(lambda e, n=want: len(caller.bot_finals()) >= n, 60)
-            await asyncio.sleep(0.3)
+            await answered(caller, 2 if turn == 0 else 1)  # the cut greeting, then the answer
     finally:
         await caller.close()
     return caller.call_id
 
 
+def serve_bridge(emulator_url: str, key: str, pipe: Connection) -> None:
+    """The bridge under test (child process): sends its URL and records folder, then obeys
+    ``"reset"`` (forget the marks so far) and ``"stop"`` (send the marks and end)."""
+    asyncio.run(_serve_bridge(emulator_url, key, pipe))
+
+
+async def _serve_bridge(emulator_url: str, key: str, pipe: Connection) -> None:
+    os.environ["DASHSCOPE_API_KEY"] = key
+    clock = Clock()
+    time_answers(clock)
+    config = loopback_config(Path(tempfile.mkdtemp(prefix="bench-dashscope-")))
+    config.speech.asr.provider = config.speech.tts.provider = "dashscope"
+    config.speech.dashscope.base_url = emulator_url
+    cloud = await build_engines(config.speech)
+    engines = SpeechEngines(
+        TimedASR(cloud.asr, clock.heard), TimedTTS(cloud.tts, clock.spoken), cloud.embedded_tts
+    )
+    loop = asyncio.get_running_loop()
+    async with running_bridge(config, engines) as (base_url, bridge):
+        pipe.send((base_url, bridge.config.records.dir))
+        while await loop.run_in_executor(None, pipe.recv) == "reset":
+            clock.reset()
+    pipe.send((clock.heard, clock.spoken, clock.answers))
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     clock = Clock()
     embedded = await build_engines(Config().speech)
-    key = secrets.token_hex(16)  # this process's emulator only; never printed
-    os.environ["DASHSCOPE_API_KEY"] = key
+    key = secrets.token_hex(16)  # this run's emulator only; never printed
     emulator = Emulator(
         TimedASR(embedded.asr, clock.finals),
         TimedTTS(embedded.tts, clock.sentences),
         api_key=key,
         faults=Faults(),  # no emulated latency: first packets and pacing as fast as they come
     )
-    config = loopback_config(Path(tempfile.mkdtemp(prefix="bench-dashscope-")))
-    config.speech.asr.provider = config.speech.tts.provider = "dashscope"
-    time_answers(clock)
+    use_ice_host_addresses(["127.0.0.1"])
     speech = [caller_speech(text) for text in QUESTIONS]
     first_packets: list[float] = []
+    loop = asyncio.get_running_loop()
     async with emulator:
-        config.speech.dashscope.base_url = emulator.base_url
-        cloud = await with_providers(config.speech, embedded)
-        engines = SpeechEngines(
-            TimedASR(cloud.asr, clock.heard), TimedTTS(cloud.tts, clock.spoken), embedded.tts
+        pipe, child_end = multiprocessing.Pipe()
+        bridge = multiprocessing.get_context("spawn").Process(
+            target=serve_bridge, args=(emulator.base_url, key, child_end)
         )
-        async with running_bridge(config, engines) as (base_url, bridge):
+        bridge.start()
+        try:
+            base_url, records = await loop.run_in_executor(None, pipe.recv)
             await one_call(base_url, speech, 1)  # warm-up, not reported
+            pipe.send("reset")
             clock.reset()
             for number in range(args.calls):
                 print(f"call {number + 1}/{args.calls}...", file=sys.stderr)
                 call_id = await one_call(base_url, speech, args.turns)
-                folder = await wait_for_call_record(Path(bridge.config.records.dir), call_id)
+                folder = await wait_for_call_record(Path(records), call_id)
                 metrics = json.loads((folder / "call.json").read_text())["metrics"]
                 first_packets.extend(metrics["speech"]["tts"]["first_packet_ms"])
+            pipe.send("stop")
+            clock.heard, clock.spoken, clock.answers = await loop.run_in_executor(None, pipe.recv)
+        finally:
+            bridge.join(30)
+            bridge.kill()
     rows = turn_breakdown(clock)
     rows["tts_first_packet_client"] = first_packets
     return {"benchmark": "dashscope-emulator", "calls": args.calls, "turns": args.turns, **rows}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import soxr
@@ -18,6 +19,13 @@ def convert(samples: np.ndarray, from_rate: int, to_rate: int, gain: float = 1.0
     if gain != 1.0:
         out = out * gain
     return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+def frames(pcm: np.ndarray, rate: int, ms: int = 100) -> Iterator[np.ndarray]:
+    """Cut synthesised audio into the small pieces the services stream as they synthesise, so
+    clients can start playing before a sentence is complete."""
+    step = max(1, rate * ms // 1000)
+    return (pcm[at : at + step] for at in range(0, pcm.size, step))
 
 
 def wav_header(sample_rate: int, data_bytes: int = 0x7FFFFFFF - 36) -> bytes:

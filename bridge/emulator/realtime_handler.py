@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.emulator import realtime_server as rs
-from bridge.emulator.audio import convert
+from bridge.emulator.audio import convert, frames
 from bridge.emulator.task_handler import feed_engine
 from bridge.emulator.task_server import Audio, Close, Send
 from bridge.media.frame import AudioFrame
@@ -115,18 +115,17 @@ class RealtimeConnection:
         await self.execute(self.proto.on_response_begin(response))
         async for chunk in engine.synthesize(text_once(response.text)):
             pcm = convert(chunk.audio.samples, engine.sample_rate, rate, gain)
-            if pcm.size == 0:
-                continue
-            if self.first:
-                await asyncio.sleep(faults.first_packet_delay)
-                self.first = False
-            began = time.monotonic()
-            await self.execute(self.proto.on_response_audio(response, pcm.tobytes()))
-            if await self._count_frame():
-                await asyncio.Event().wait()  # the session is over; wait to be cancelled
-            if faults.rtf:
-                pace = faults.rtf * pcm.size / rate
-                await asyncio.sleep(max(0.0, pace - (time.monotonic() - began)))
+            for piece in frames(pcm, rate):
+                if self.first:
+                    await asyncio.sleep(faults.first_packet_delay)
+                    self.first = False
+                began = time.monotonic()
+                await self.execute(self.proto.on_response_audio(response, piece.tobytes()))
+                if await self._count_frame():
+                    await asyncio.Event().wait()  # the session is over; wait to be cancelled
+                if faults.rtf:
+                    pace = faults.rtf * piece.size / rate
+                    await asyncio.sleep(max(0.0, pace - (time.monotonic() - began)))
 
     async def _listen(self, stream: ASRStream) -> None:
         first = True

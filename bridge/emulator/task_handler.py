@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.emulator import task_server as ts
-from bridge.emulator.audio import convert, wav_header
+from bridge.emulator.audio import convert, frames, wav_header
 from bridge.media.frame import AudioFrame
 from bridge.speech.base import ASRStream, text_once
 
@@ -184,24 +184,23 @@ class TaskConnection:
             sent_ms = 0.0
             async for chunk in engine.synthesize(text_once(speak.text)):
                 pcm = convert(chunk.audio.samples, engine.sample_rate, start.sample_rate, gain)
-                if pcm.size == 0:
-                    continue
-                data = pcm.tobytes()
-                if first:
-                    await asyncio.sleep(faults.first_packet_delay)
-                    if start.format == "wav":
-                        data = wav_header(start.sample_rate) + data
-                    first = False
-                began = time.monotonic()
-                await self.execute(
-                    self.proto.on_sentence_audio(start.task_id, speak.index, data, time.monotonic())
-                )
-                sent_ms += 1000.0 * pcm.size / start.sample_rate
-                if await self._count_frame():
-                    return
-                if faults.rtf:
-                    pace = faults.rtf * pcm.size / start.sample_rate
-                    await asyncio.sleep(max(0.0, pace - (time.monotonic() - began)))
+                for piece in frames(pcm, start.sample_rate):
+                    data = piece.tobytes()
+                    if first:
+                        await asyncio.sleep(faults.first_packet_delay)
+                        if start.format == "wav":
+                            data = wav_header(start.sample_rate) + data
+                        first = False
+                    began = time.monotonic()
+                    await self.execute(
+                        self.proto.on_sentence_audio(start.task_id, speak.index, data, began)
+                    )
+                    sent_ms += 1000.0 * piece.size / start.sample_rate
+                    if await self._count_frame():
+                        return
+                    if faults.rtf:
+                        pace = faults.rtf * piece.size / start.sample_rate
+                        await asyncio.sleep(max(0.0, pace - (time.monotonic() - began)))
             words = spread_words(speak.text, 0, int(sent_ms)) if words_on else []
             await self.execute(
                 self.proto.on_sentence_end(

@@ -139,7 +139,7 @@ def _cloud_tts(config: SpeechConfig, settings: DashScopeSettings) -> TTS:
     )
     if params.model.startswith("cosyvoice-"):
         cosy = CosyVoiceParams(**common, rate=params.speech_rate)
-        return CosyVoiceTTS(settings, cosy, pool_size=config.dashscope.pool_size)
+        return CosyVoiceTTS(settings, cosy, pool_size=config.dashscope.pool_size, start_ahead=True)
     return QwenTTS(settings, QwenTTSParams(**common, speech_rate=params.speech_rate))
 
 

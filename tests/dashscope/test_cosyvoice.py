@@ -92,3 +92,24 @@ def test_split_for_limit() -> None:
     parts = split_for_limit("word " * 1000, limit=100)
     assert all(len(p) <= 100 for p in parts) and "".join(parts) == "word " * 1000
     assert all(len(p) <= 50 for p in split_for_limit("字" * 500, limit=100))
+
+
+async def test_next_task_is_started_ahead(settings: DashScopeSettings) -> None:
+    tts = CosyVoiceTTS(settings, pool_size=1, start_ahead=True)
+    assert [c async for c in tts.synthesize(text_once("Hi."))]
+    await asyncio.gather(*tts._background)
+    (conn,) = tts._started
+    assert [c async for c in tts.synthesize(text_once("Again."))]
+    assert conn.protocol.tasks_run == 2  # the second turn ran on the task started ahead
+    await tts.aclose()
+
+
+async def test_unused_task_started_ahead_is_cancelled(settings: DashScopeSettings) -> None:
+    tts = CosyVoiceTTS(settings, pool_size=1, text_gap_limit=0.1, start_ahead=True)
+    await tts.warm()
+    assert len(tts._started) == 1
+    await asyncio.sleep(0.2)
+    await asyncio.gather(*tts._background)
+    assert not tts._started and tts.pool._idle[0].protocol.reusable
+    assert [c async for c in tts.synthesize(text_once("Still fine."))]
+    await tts.aclose()

@@ -29,8 +29,9 @@ class LocalTone(ToneTTS):
     ("faults", "attempts", "used_fallback"),
     [
         (Faults(), 0, False),
-        (Faults(fail_after_frames=4), 2, True),
-        (Faults(drop_after_frames=4), 2, True),
+        # The first sentence takes 6 frames of <= 100 ms: these break into the second one.
+        (Faults(fail_after_frames=8), 2, True),
+        (Faults(drop_after_frames=8), 2, True),
         (Faults(handshake_status=401), 1, True),  # not retried: the key will not get better
         (Faults(handshake_status=429, handshake_failures=1), 0, False),  # back-off absorbs it
     ],

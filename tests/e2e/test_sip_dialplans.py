@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.peers.baresip import call_with_wav
+from tests.peers.baresip import call_with_audio
 from tests.sip import conftest as sip
 from tests.sip.calls import (
     callee_scenario,
@@ -183,14 +182,8 @@ async def test_opening_hours_heard_by_a_baresip_caller(
     # The caller asks over the greeting (a barge-in), then listens to the answer.
     speech = speak("What are your opening hours?", 8000)
     audio = np.concatenate([np.zeros(8000 * 2, np.int16), speech, np.zeros(8000 * 10, np.int16)])
-    wav = tmp_path / "caller.wav"
-    with wave.open(str(wav), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(audio.tobytes())
-    samples, rate, output = await call_with_wav(
-        tmp_path, f"sip:{NUMBER}@127.0.0.1:{running.port}", wav, timeout=len(audio) / 8000 + 4
+    samples, rate, output = await call_with_audio(
+        tmp_path, f"sip:{NUMBER}@127.0.0.1:{running.port}", audio
     )
     heard = transcribe(samples, rate).lower()
     assert "monday to friday" in heard and "evening" in heard, (heard, output[-2000:])

@@ -7,14 +7,12 @@ embedded recogniser, and barge-in is timed from the moment the caller's speech l
 from __future__ import annotations
 
 import asyncio
-import json
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.e2e.webrtc_caller import RATE, WebRtcCaller, is_bot_final, wait_for_call_record
+from tests.e2e.webrtc_caller import RATE, WebRtcCaller, call_record, is_bot_final
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +37,7 @@ async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> N
     assert "thank you for calling" in heard
     assert "monday to friday" in heard or "nine in the morning" in heard
 
-    folder = await wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
-    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    folder, lines, meta = await call_record(bridge, caller.call_id)
     caller_lines = [x for x in lines if x["who"] == "caller" and "text" in x]
     assert any("hours" in x["text"].lower() for x in caller_lines)
     bot_lines = [x for x in lines if x["who"] == "bot"]
@@ -51,7 +48,6 @@ async def test_greeting_and_intent_answer(bridge_server, speak, transcribe) -> N
         audio = np.frombuffer(wav.readframes(wav.getnframes()), np.int16).reshape(-1, 2)
     assert np.abs(audio[:, 0]).max() > 1000, "caller channel is silent"
     assert np.abs(audio[:, 1]).max() > 1000, "bot channel is silent"
-    meta = json.loads((folder / "call.json").read_text())
     assert meta["end_reason"] in {"hangup", "peer-gone"}
 
 
@@ -60,11 +56,8 @@ async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> 
     caller = WebRtcCaller(base_url)
     await caller.connect()
     try:
-        await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
-        while not caller.received.loud_frames():
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)  # well into the greeting
-        caller.mic.say(speak("What are your opening hours?", RATE))
+        # Well into the greeting.
+        await caller.say_into_greeting(speak("What are your opening hours?", RATE), after=1.5)
         cut = await caller.wait_event(is_bot_final, timeout=30)
         onset = caller.mic.speech_started_at[0]
         answer = await caller.wait_event(
@@ -87,8 +80,7 @@ async def test_barge_in_stops_the_greeting(bridge_server, speak, transcribe) -> 
     last_greeting_frame = max(greeting_tail, default=onset)
     assert last_greeting_frame - onset < 0.6, f"bot kept talking {last_greeting_frame - onset:.3f}s"
 
-    folder = await wait_for_call_record(Path(bridge.config.records.dir), caller.call_id)
-    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    _, lines, _ = await call_record(bridge, caller.call_id)
     greeting = next(x for x in lines if x["who"] == "bot")
     assert greeting["interrupted"] is True and greeting["heard"] == heard
 
@@ -109,14 +101,10 @@ async def test_vanished_peer_ends_the_call_and_keeps_its_record(bridge_server) -
     try:
         await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
         caller.mic.stop()  # the caller's audio stops arriving, nobody says goodbye
-        folder = await wait_for_call_record(
-            Path(bridge.config.records.dir), caller.call_id, timeout=15
-        )
+        folder, lines, meta = await call_record(bridge, caller.call_id, timeout=15)
     finally:
         await caller.close()
-    meta = json.loads((folder / "call.json").read_text())
     assert meta["end_reason"] == "no-media"
-    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
     greeting = next(x for x in lines if x["who"] == "bot")
     assert greeting["interrupted"] is True  # cut by the hang-up, and recorded as such
     assert lines[-1]["who"] == "system" and lines[-1]["text"] == "call ended: no-media"

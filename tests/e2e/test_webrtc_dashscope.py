@@ -9,7 +9,6 @@ see, on the service side, which sentences it synthesised and which it abandoned.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from bridge.speech.dashscope import FallbackASR, FallbackTTS
 from bridge.speech.dashscope.text import billed_characters
 from bridge.speech.factory import SpeechEngines, with_providers
 from tests.conftest import loopback_config, running_bridge
-from tests.e2e.webrtc_caller import RATE, WebRtcCaller, is_bot_final, wait_for_call_record
+from tests.e2e.webrtc_caller import RATE, WebRtcCaller, call_record, is_bot_final
 
 pytestmark = pytest.mark.slow
 
@@ -96,12 +95,6 @@ def watched(emulator: Emulator) -> list[Sentence]:
     return emulator.tts.sentences
 
 
-async def call_record(bridge: Bridge, call_id: str) -> tuple[list[dict], dict]:
-    folder = await wait_for_call_record(Path(bridge.config.records.dir), call_id)
-    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
-    return lines, json.loads((folder / "call.json").read_text())
-
-
 def is_answer(event: dict[str, object]) -> bool:
     return is_bot_final(event) and "Monday to Friday" in str(event.get("said"))
 
@@ -129,7 +122,7 @@ async def test_greeting_and_answer_through_dashscope(
     assert len(played) == 4 and all(s.finished for s in played)
     assert played[2].text == LAST_GREETING_SENTENCE
 
-    lines, meta = await call_record(bridge, caller.call_id)
+    _, lines, meta = await call_record(bridge, caller.call_id)
     assert any("hours" in x.get("text", "").lower() for x in lines if x["who"] == "caller")
     speech = meta["metrics"]["speech"]
     tts, asr = speech["tts"], speech["asr"]
@@ -151,11 +144,8 @@ async def test_barge_in_cancels_the_cosyvoice_task(
     caller = WebRtcCaller(base_url)
     await caller.connect()
     try:
-        await caller.wait_event(lambda e: e.get("type") == "state", timeout=60)
-        while not caller.received.loud_frames():
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)  # well into the greeting's first sentence
-        caller.mic.say(speak(QUESTION, RATE))
+        # Well into the greeting's first sentence.
+        await caller.say_into_greeting(speak(QUESTION, RATE), after=1.5)
         cut = await caller.wait_event(is_bot_final, timeout=30)
         answer = await caller.wait_event(lambda e: is_answer(e) and e is not cut, timeout=60)
     finally:
@@ -172,7 +162,7 @@ async def test_barge_in_cancels_the_cosyvoice_task(
     assert not all(s.finished for s in sentences if s.text in said)
     assert any(s.finished and "Monday to Friday" in s.text for s in sentences)
 
-    lines, meta = await call_record(bridge, caller.call_id)
+    _, lines, meta = await call_record(bridge, caller.call_id)
     greeting = next(x for x in lines if x["who"] == "bot")
     assert greeting["interrupted"] is True and greeting["heard"] == heard
     assert meta["metrics"]["bot_interruptions"] == 1
@@ -198,7 +188,7 @@ async def test_service_failure_mid_call_falls_back_and_the_call_goes_on(
 
     heard = transcribe(caller.received.samples()[greeting_samples:], RATE).lower()
     assert "monday to friday" in heard or "nine in the morning" in heard
-    _, meta = await call_record(bridge, caller.call_id)
+    _, _, meta = await call_record(bridge, caller.call_id)
     speech = meta["metrics"]["speech"]
     assert speech["asr"]["failures"] == 2  # the stream and its retry; then the embedded one
     # The answer and its retry (then the embedded voice); so for any follow-up question.

@@ -14,12 +14,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+
+if TYPE_CHECKING:
+    from bridge.server import Bridge
 
 RATE = 48000
 FRAME = 960  # 20 ms
@@ -154,6 +158,15 @@ class WebRtcCaller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event_arrived.wait(), remaining)
 
+    async def say_into_greeting(self, speech: np.ndarray, after: float = 1.5) -> None:
+        """Once the call is up and the bot is heard, wait ``after`` s and say ``speech`` (a
+        barge-in while the greeting plays)."""
+        await self.wait_event(lambda e: e.get("type") == "state", timeout=60)
+        while not self.received.loud_frames():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(after)
+        self.mic.say(speech)
+
     def bot_finals(self) -> list[dict[str, object]]:
         return [e for e in self.events if e.get("who") == "bot" and e.get("final")]
 
@@ -178,3 +191,13 @@ async def wait_for_call_record(records: Path, call_id: str, timeout: float = 10)
                 return folder
         await asyncio.sleep(0.1)
     raise TimeoutError(f"no call record for {call_id} in {records}")
+
+
+async def call_record(
+    bridge: Bridge, call_id: str, timeout: float = 10
+) -> tuple[Path, list[dict], dict]:
+    """The call's finished record in the bridge's records dir: its folder, the lines of its
+    ``transcript.jsonl`` and its ``call.json``."""
+    folder = await wait_for_call_record(Path(bridge.config.records.dir), call_id, timeout)
+    lines = [json.loads(x) for x in (folder / "transcript.jsonl").read_text().splitlines()]
+    return folder, lines, json.loads((folder / "call.json").read_text())

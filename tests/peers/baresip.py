@@ -71,3 +71,17 @@ async def call_with_wav(
         rate = recording.getframerate()
         samples = np.frombuffer(recording.readframes(recording.getnframes()), np.int16)
     return samples, rate, text
+
+
+async def call_with_audio(
+    workdir: Path, target: str, audio: np.ndarray, *, rate: int = 8000
+) -> tuple[np.ndarray, int, str]:
+    """:func:`call_with_wav` speaking ``audio`` (mono int16 at ``rate``), written to
+    ``caller.wav`` in ``workdir``; the call is given the audio's length plus 4 s."""
+    wav = workdir / "caller.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(audio.tobytes())
+    return await call_with_wav(workdir, target, wav, timeout=len(audio) / rate + 4)

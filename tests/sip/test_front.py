@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import random
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from bridge.sip.agent import AgentConfig
 from bridge.sip.endpoint import SipEndpoint
 from bridge.sip.events import CallAnswered, CallFailed
 from bridge.sip.ports import PortAllocator
-from tests.peers.baresip import call_with_wav
+from tests.peers.baresip import call_with_audio
 from tests.sip.calls import (
     caller_scenario,
     caller_text,
@@ -77,14 +76,8 @@ async def test_baresip_hears_greeting_and_answer(
     # Silence through the greeting, the question, then time for the answer to play.
     speech = speak(QUESTION, 8000)
     audio = np.concatenate([np.zeros(8000 * 11, np.int16), speech, np.zeros(8000 * 7, np.int16)])
-    wav = tmp_path / "caller.wav"
-    with wave.open(str(wav), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(audio.tobytes())
-    samples, rate, output = await call_with_wav(
-        tmp_path, f"sip:bot@127.0.0.1:{running.port}", wav, timeout=len(audio) / 8000 + 4
+    samples, rate, output = await call_with_audio(
+        tmp_path, f"sip:bot@127.0.0.1:{running.port}", audio
     )
     heard = transcribe(samples, rate).lower()
     assert "thank you for calling" in heard, (heard, output[-2000:])

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
@@ -25,6 +25,9 @@ from bridge.speech.dashscope.metrics import StreamMetrics
 from bridge.speech.dashscope.settings import DashScopeSettings
 from bridge.speech.dashscope.task_protocol import FINISHED, GENERATED, Event
 from bridge.speech.dashscope.transport import TaskConnection, TaskPool, closed_error
+
+if TYPE_CHECKING:
+    from bridge.speech.dashscope.qwen_asr import QwenASR
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +206,16 @@ class FunASR(ASR):
         await self.pool.aclose()
 
 
-class FunASRStream(ASRStream):
-    """One call's recognition task; ``metrics`` is readable while it runs."""
+class QueuedASRStream(ASRStream):
+    """Shared by the Fun-ASR and Qwen-ASR streams: rate-checked caller audio batched by an
+    :class:`AudioBatcher` (with keep-alive frames), transcripts handed over through a queue the
+    receiver ends with ``None``, and a close that flushes, finishes and waits for the receiver.
 
-    def __init__(self, asr: FunASR, conn: TaskConnection) -> None:
-        self.asr, self.conn = asr, conn
+    Subclasses set their connection before ``super().__init__`` and implement :meth:`_send`,
+    :meth:`_finish`, :meth:`_read` and :meth:`_release`."""
+
+    def __init__(self, asr: FunASR | QwenASR) -> None:
+        self.asr = asr
         self.metrics = StreamMetrics(tasks=1)
         self.batcher = AudioBatcher(
             asr.sample_rate, self.metrics, keepalive_after=asr.keepalive_after
@@ -221,7 +229,7 @@ class FunASRStream(ASRStream):
     async def push(self, frame: AudioFrame) -> None:
         if frame.sample_rate != self.asr.sample_rate:
             raise ValueError(f"expected {self.asr.sample_rate} Hz audio, got {frame.sample_rate}")
-        if self._closed or not self.conn.protocol.can_send_audio:
+        if self._closed or not self._can_send():
             return
         for data in self.batcher.push(frame.to_bytes(), time.monotonic()):
             await self._send(data)
@@ -237,50 +245,56 @@ class FunASRStream(ASRStream):
             return
         self._closed = True
         self._keepalive.cancel()
-        proto = self.conn.protocol
         try:
-            if proto.can_send_audio:
+            if self._can_send():
                 rest = self.batcher.flush()
                 if rest:
                     await self._send(rest)
-                await self.conn.ws.send(proto.finish())
+                await self._finish()
             async with asyncio.timeout(FINISH_TIMEOUT):
                 await asyncio.shield(self._receiver)
         except (ConnectionClosed, TimeoutError):
-            proto.connection_lost()
+            self._connection_lost()
             self._receiver.cancel()
             self._queue.put_nowait(None)
         self.metrics.finished_at = time.monotonic()
-        await self.asr.pool.release(self.conn)
+        await self._release()
+
+    def _can_send(self) -> bool:
+        """Whether audio may go out now."""
+        return True
+
+    def _connection_lost(self) -> None:
+        """The socket closed under the stream."""
 
     async def _send(self, data: bytes) -> None:
-        try:
-            await self.conn.ws.send(data)
-        except ConnectionClosed:
-            self.conn.protocol.connection_lost()  # the receiver reports why
+        """Send one batch of audio; a closed socket is left for the receiver to report."""
+        raise NotImplementedError
+
+    async def _finish(self) -> None:
+        """Tell the server the audio has ended."""
+        raise NotImplementedError
+
+    async def _read(self) -> None:
+        """Queue transcripts from the server until the task has finished."""
+        raise NotImplementedError
+
+    async def _release(self) -> None:
+        """Give back or close the connection once the stream is done."""
+        raise NotImplementedError
 
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(0.1)
             frame = self.batcher.keepalive(time.monotonic())
-            if frame is not None and self.conn.protocol.can_send_audio:
+            if frame is not None and self._can_send():
                 await self._send(frame)
 
     async def _receive(self) -> None:
-        proto = self.conn.protocol
         try:
-            while True:
-                message = await self.conn.ws.recv()
-                if isinstance(message, bytes):
-                    continue  # ASR never sends audio; ignore rather than fail the call
-                event = proto.receive(message)
-                transcript = sentence_transcript(event, self.metrics, time.monotonic())
-                if transcript is not None:
-                    self._queue.put_nowait(transcript)
-                if event.event == FINISHED:
-                    break
+            await self._read()
         except ConnectionClosed as exc:
-            proto.connection_lost()
+            self._connection_lost()
             self._error = closed_error(exc)
         except DashScopeError as exc:
             self._error = exc
@@ -289,4 +303,51 @@ class FunASRStream(ASRStream):
             self._queue.put_nowait(None)
 
 
-__all__ = ["AudioBatcher", "FunASR", "FunASRStream", "RecognitionParams", "sentence_transcript"]
+class FunASRStream(QueuedASRStream):
+    """One call's recognition task; ``metrics`` is readable while it runs."""
+
+    asr: FunASR
+
+    def __init__(self, asr: FunASR, conn: TaskConnection) -> None:
+        self.conn = conn
+        super().__init__(asr)
+
+    def _can_send(self) -> bool:
+        return self.conn.protocol.can_send_audio
+
+    def _connection_lost(self) -> None:
+        self.conn.protocol.connection_lost()
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.conn.ws.send(data)
+        except ConnectionClosed:
+            self.conn.protocol.connection_lost()  # the receiver reports why
+
+    async def _finish(self) -> None:
+        await self.conn.ws.send(self.conn.protocol.finish())
+
+    async def _release(self) -> None:
+        await self.asr.pool.release(self.conn)
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.conn.ws.recv()
+            if isinstance(message, bytes):
+                continue  # ASR never sends audio; ignore rather than fail the call
+            event = self.conn.protocol.receive(message)
+            transcript = sentence_transcript(event, self.metrics, time.monotonic())
+            if transcript is not None:
+                self._queue.put_nowait(transcript)
+            if event.event == FINISHED:
+                break
+
+
+__all__ = [
+    "AudioBatcher",
+    "FunASR",
+    "FunASRStream",
+    "QueuedASRStream",
+    "RecognitionParams",
+    "sentence_transcript",
+]

@@ -7,27 +7,22 @@ With server VAD (default) every utterance becomes one item: ``.text`` events are
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from bridge.media.frame import AudioFrame
-from bridge.speech.base import ASR, ASRStream, Transcript
-from bridge.speech.dashscope.asr import AudioBatcher
-from bridge.speech.dashscope.errors import DashScopeError
+from bridge.speech.base import ASR, Transcript
+from bridge.speech.dashscope.asr import QueuedASRStream
 from bridge.speech.dashscope.metrics import StreamMetrics
 from bridge.speech.dashscope.realtime_protocol import RealtimeClient, b64, encode
 from bridge.speech.dashscope.settings import DashScopeSettings
-from bridge.speech.dashscope.transport import closed_error, open_realtime
+from bridge.speech.dashscope.transport import open_realtime
 
 TRANSCRIPTION = "conversation.item.input_audio_transcription."
-FINISH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,76 +97,31 @@ class QwenASR(ASR):
         return QwenASRStream(self, ws, client)
 
 
-class QwenASRStream(ASRStream):
+class QwenASRStream(QueuedASRStream):
+    asr: QwenASR
+
     def __init__(self, asr: QwenASR, ws: ClientConnection, client: RealtimeClient) -> None:
-        self.asr, self.ws, self.client = asr, ws, client
-        self.metrics = StreamMetrics(tasks=1)
-        self.batcher = AudioBatcher(
-            asr.sample_rate, self.metrics, keepalive_after=asr.keepalive_after
-        )
+        self.ws, self.client = ws, client
+        super().__init__(asr)
+        # The receiver task first runs at the caller's next await, after the reader exists.
         self.reader = QwenASRReader(self.metrics)
-        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._error: DashScopeError | None = None
-        self._closed = False
-        self._receiver = asyncio.create_task(self._receive())
-        self._keepalive = asyncio.create_task(self._keep_alive())
 
-    async def push(self, frame: AudioFrame) -> None:
-        if frame.sample_rate != self.asr.sample_rate:
-            raise ValueError(f"expected {self.asr.sample_rate} Hz audio, got {frame.sample_rate}")
-        if not self._closed:
-            for data in self.batcher.push(frame.to_bytes(), time.monotonic()):
-                await self._append(data)
-
-    async def results(self) -> AsyncIterator[Transcript]:
-        while (item := await self._queue.get()) is not None:
-            yield item
-        if self._error is not None:
-            raise self._error
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._keepalive.cancel()
-        try:
-            rest = self.batcher.flush()
-            if rest:
-                await self._append(rest)
-            await self.ws.send(encode("session.finish"))
-            async with asyncio.timeout(FINISH_TIMEOUT):
-                await asyncio.shield(self._receiver)
-        except (ConnectionClosed, TimeoutError):
-            self._receiver.cancel()
-            self._queue.put_nowait(None)
-        self.metrics.finished_at = time.monotonic()
-        await self.ws.close()
-
-    async def _append(self, data: bytes) -> None:
+    async def _send(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):  # the receiver reports why
             await self.ws.send(encode("input_audio_buffer.append", audio=b64(data)))
 
-    async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            frame = self.batcher.keepalive(time.monotonic())
-            if frame is not None:
-                await self._append(frame)
+    async def _finish(self) -> None:
+        await self.ws.send(encode("session.finish"))
 
-    async def _receive(self) -> None:
-        try:
-            while not self.client.finished:
-                event = self.client.receive(await self.ws.recv())
-                transcript = self.reader.on_event(event, time.monotonic())
-                if transcript is not None and transcript.text:
-                    self._queue.put_nowait(transcript)
-        except ConnectionClosed as exc:
-            self._error = closed_error(exc)
-        except DashScopeError as exc:
-            self._error = exc
-        finally:
-            self._keepalive.cancel()
-            self._queue.put_nowait(None)
+    async def _release(self) -> None:
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        while not self.client.finished:
+            event = self.client.receive(await self.ws.recv())
+            transcript = self.reader.on_event(event, time.monotonic())
+            if transcript is not None and transcript.text:
+                self._queue.put_nowait(transcript)
 
 
 __all__ = ["QwenASR", "QwenASRParams", "QwenASRReader", "QwenASRStream"]

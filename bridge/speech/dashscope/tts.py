@@ -206,8 +206,11 @@ class _Turn:
 class CosyVoiceTTS(TTS):
     """CosyVoice as a :class:`TTS`: one task per turn (or more, if the text pauses > 20 s).
 
-    ``pool_size`` sockets are kept warm and reused after clean tasks. The metrics of the latest
-    stream are in :attr:`last_metrics`, or pass ``metrics=`` to :meth:`synthesize`.
+    ``pool_size`` sockets are kept warm and reused after clean tasks. With ``start_ahead``, a
+    socket freed by a task at once starts the next one (default voice, plain text), so the next
+    turn's first text skips the run-task round trip; one left unused nearly ``text_gap_limit``
+    is cancelled. The metrics of the latest stream are in :attr:`last_metrics`, or pass
+    ``metrics=`` to :meth:`synthesize`.
     """
 
     metered = True
@@ -219,18 +222,33 @@ class CosyVoiceTTS(TTS):
         *,
         pool_size: int = 1,
         text_gap_limit: float = TEXT_GAP_LIMIT,
+        start_ahead: bool = False,
     ) -> None:
         self.settings = settings or DashScopeSettings.from_env()
         self.params = params or CosyVoiceParams()
         self.sample_rate = self.params.sample_rate
         self.text_gap_limit = text_gap_limit
         self.pool = TaskPool(self.settings, pool_size)
+        self.start_ahead = start_ahead
         self.last_metrics = StreamMetrics()
         self._background: set[asyncio.Task[None]] = set()
+        self._started: dict[TaskConnection, asyncio.TimerHandle] = {}  # tasks started ahead
+        self._starting = 0
 
     async def aclose(self) -> None:
         await asyncio.gather(*self._background, return_exceptions=True)
+        started, self._started = self._started, {}
+        for conn, expiry in started.items():
+            expiry.cancel()
+            await conn.close()
         await self.pool.aclose()
+
+    async def warm(self) -> None:
+        """Open the pool's sockets now, each with a task started ahead when enabled."""
+        if not self.start_ahead:
+            await self.pool.warm()
+            return
+        await asyncio.gather(*(self._start_next() for _ in range(self.pool.size)))
 
     async def synthesize(
         self,
@@ -257,25 +275,13 @@ class CosyVoiceTTS(TTS):
     async def _run_task(
         self, turn: _Turn, first: str, voice: str | None, reader: CosyVoiceReader
     ) -> AsyncIterator[SpeechChunk]:
-        conn = await self.pool.acquire()
+        conn = self._take_started(voice, turn.ssml) or await self.pool.acquire()
         proto = conn.protocol
         sender: asyncio.Task[None] | None = None
         try:
             reader.metrics.tasks += 1
-            await conn.ws.send(
-                proto.start(
-                    model=self.params.model,
-                    task="tts",
-                    function="SpeechSynthesizer",
-                    parameters=self.params.parameters(voice, turn.ssml),
-                )
-            )
-            try:
-                async with asyncio.timeout(START_TIMEOUT):
-                    reader.on_event(proto.receive(await self._recv_text(conn)))
-            except TimeoutError:
-                proto.connection_lost()
-                raise ConnectionLostError("no task-started within 10 s") from None
+            if proto.reusable:
+                await self._start(conn, voice, turn.ssml)
             reader.metrics.start(time.monotonic())
             sender = asyncio.create_task(self._send_text(conn, turn, first))
             while True:
@@ -299,9 +305,64 @@ class CosyVoiceTTS(TTS):
             if sender is not None and not sender.done():
                 sender.cancel()
             if proto.reusable or (not proto.failure and conn.ws.close_code is None):
-                self._spawn(self._settle(conn))
+                self._spawn(self._settle(conn, then_start=self.start_ahead))
             else:
                 self._spawn(conn.close())
+
+    async def _start(self, conn: TaskConnection, voice: str | None, ssml: bool) -> None:
+        """Send ``run-task`` and wait for ``task-started``."""
+        proto = conn.protocol
+        await conn.ws.send(
+            proto.start(
+                model=self.params.model,
+                task="tts",
+                function="SpeechSynthesizer",
+                parameters=self.params.parameters(voice, ssml),
+            )
+        )
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                proto.receive(await self._recv_text(conn))
+        except TimeoutError:
+            proto.connection_lost()
+            raise ConnectionLostError("no task-started within 10 s") from None
+
+    def _take_started(self, voice: str | None, ssml: bool) -> TaskConnection | None:
+        """A task started ahead, if it has the parameters this turn needs."""
+        if ssml or voice not in (None, self.params.voice):
+            return None
+        while self._started:
+            conn, expiry = self._started.popitem()
+            expiry.cancel()
+            if conn.ws.close_code is None:
+                return conn
+            self._spawn(conn.close())
+        return None
+
+    async def _start_next(self) -> None:
+        """Start a task on a pooled socket for the next turn (up to one per pooled socket)."""
+        if len(self._started) + self._starting >= self.pool.size:
+            return
+        self._starting += 1
+        try:
+            conn = await self.pool.acquire()
+            try:
+                await self._start(conn, None, False)
+            except (DashScopeError, ConnectionClosed):
+                await conn.close()
+                raise
+        except (DashScopeError, ConnectionClosed) as exc:
+            log.info("CosyVoice task not started ahead: %s", exc)
+            return
+        finally:
+            self._starting -= 1
+        loop = asyncio.get_running_loop()
+        self._started[conn] = loop.call_later(self.text_gap_limit, self._expire, conn)
+
+    def _expire(self, conn: TaskConnection) -> None:
+        """Cancel a task started ahead before the server's text-gap limit fails it."""
+        if self._started.pop(conn, None) is not None:
+            self._spawn(self._settle(conn))
 
     async def _send_text(self, conn: TaskConnection, turn: _Turn, piece: str | None) -> None:
         """Send the turn's text into this task until the turn ends, a gap or a limit hits."""
@@ -322,8 +383,9 @@ class CosyVoiceTTS(TTS):
             turn.ended = True
         await conn.ws.send(proto.finish())
 
-    async def _settle(self, conn: TaskConnection) -> None:
-        """After a clean end, pool the socket; after barge-in, cancel and drain it first."""
+    async def _settle(self, conn: TaskConnection, then_start: bool = False) -> None:
+        """After a clean end, pool the socket; after barge-in, cancel and drain it first.
+        ``then_start``: start the next turn's task right away."""
         proto = conn.protocol
         try:
             if not proto.reusable:
@@ -337,6 +399,8 @@ class CosyVoiceTTS(TTS):
         except (DashScopeError, ConnectionClosed, TimeoutError):
             proto.connection_lost()
         await self.pool.release(conn)
+        if then_start:
+            await self._start_next()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
