@@ -75,7 +75,8 @@ async def test_dial_cli_call_answered_then_bot_hangs_up(
     result = await finish(sipp)
     assert result.returncode == 0, result.output  # sipp got our BYE
     (folder,) = await wait_for_records(running.records)
-    assert "goodbye" in caller_text(folder).lower()
+    # What the far end said was recognised (Whisper may write "Goodbye" as "bye bye").
+    assert "bye" in caller_text(folder).lower()
     assert summary(folder)["end_reason"] not in ("remote-hangup", "no-media", "error")
 
 
