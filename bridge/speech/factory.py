@@ -55,6 +55,7 @@ async def build_engines(config: SpeechConfig) -> SpeechEngines:
             vad_engine=config.vad.engine,
             vad_threshold=config.vad.threshold,
             endpoint_ms=config.asr.endpoint_silence_ms,
+            speculate_after_ms=config.asr.speculate_after_ms,
             partial_interval_ms=config.asr.partial_interval_ms,
         ),
     )
