@@ -9,6 +9,7 @@ Loading checks types and keys (`bridge.typedyaml`); `bridge.dialog.check` checks
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -181,11 +182,21 @@ class Dialplan(Located):
                 texts += [*step.waits.no_input, *step.waits.no_match]
             if step.collect is not None:
                 texts.append(step.collect.confirm)
-        return sorted(
-            {
-                render_prompt(text, self.variables)
-                for text in texts
-                if text
-                and all(lookup(self.variables, name) is not None for name, _ in placeholders(text))
-            }
-        )
+        # A variable may also take constant values that steps ``set`` (e.g. a menu prompt that
+        # changes after the first turn): every such value is a prompt the caller can hear.
+        values: dict[str, list[object]] = {}
+        for name in {name for text in texts if text for name, _ in placeholders(text)}:
+            candidates = [lookup(self.variables, name)]
+            candidates += [
+                step.set[name]
+                for step in self.steps.values()
+                if name in step.set and not placeholders(step.set[name])
+            ]
+            values[name] = [value for value in candidates if value is not None]
+        spoken: set[str] = set()
+        for text in filter(None, texts):
+            names = sorted({name for name, _ in placeholders(text)})
+            for combination in itertools.product(*(values[name] for name in names)):
+                variables = {**self.variables, **dict(zip(names, combination, strict=True))}
+                spoken.add(render_prompt(text, variables))
+        return sorted(spoken)
