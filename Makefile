@@ -1,12 +1,13 @@
 # Two entry points: `make run` (the bridge on embedded engines) and `make test` (the whole suite).
 # Both create .venv/ with the project installed; `make test` also installs the real protocol
-# peers the end-to-end tests talk to (sipp, baresip, Chromium, espeak-ng) from Debian packages.
+# peers the end-to-end tests talk to (sipp, baresip, Chromium, espeak-ng, redis-server) from
+# Debian packages.
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-PEERS := sipp baresip chromium espeak-ng
-APT_PACKAGES := sip-tester baresip-core chromium chromium-driver espeak-ng
+PEERS := sipp baresip chromium espeak-ng redis-server
+APT_PACKAGES := sip-tester baresip-core chromium chromium-driver espeak-ng redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -24,13 +24,22 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from bridge.campaign.amd import (
+    AmdEvent,
+    AmdSettings,
+    AnsweringMachineDetector,
+    BeepHeard,
+    Verdict,
+)
 from bridge.dialog.base import (
     CallerDigits,
     CallerText,
     CallStarted,
+    DetectMachine,
     Dialog,
     DialogEvent,
     Hangup,
+    MachineDetected,
     NoInput,
     Say,
     Transfer,
@@ -41,6 +50,7 @@ from bridge.media.recorder import CallRecord
 from bridge.media.resample import Resampler
 from bridge.media.vad import SpeechEnded, SpeechStarted, Vad
 from bridge.speech.base import ASR, TTS, Transcript, text_once
+from bridge.speech.dashscope.fallback import Apology, FallbackStream
 from bridge.speech.dashscope.metrics import StreamMetrics, summary
 
 log = logging.getLogger(__name__)
@@ -81,6 +91,7 @@ class CallMetrics:
     # Cloud engines' figures: the call's recognition stream, and one per bot utterance.
     asr_streams: list[StreamMetrics] = field(default_factory=list)
     tts_streams: list[StreamMetrics] = field(default_factory=list)
+    amd: dict[str, object] = field(default_factory=dict)  # answering-machine detection
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -92,6 +103,7 @@ class CallMetrics:
             "bot_interruptions": self.bot_interruptions,
             **{name: read() for name, read in self.extra.items()},
             **self._speech(),
+            **({"amd": self.amd} if self.amd else {}),
         }
 
     def _speech(self) -> dict[str, object]:
@@ -150,6 +162,11 @@ class Call:
         self._caller_speech_ended_at: float | None = None
         self._last_bot_frame_at = self._started
         self._caller_samples_seen = 0
+        self.amd: str | None = None
+        """The answering-machine verdict (human, machine, unknown) once the dialog asked."""
+        self._amd: AnsweringMachineDetector | None = None
+        self._amd_start_ms = 0.0  # caller stream time detection started at
+        self._amd_until_ms: float | None = None  # caller speech before this was the greeting
 
     # --- transport side -------------------------------------------------------------------
 
@@ -191,6 +208,8 @@ class Call:
         tasks: list[asyncio.Task[None]] = []
         try:
             asr_stream = await self.asr.open_stream(self.settings.language)
+            if isinstance(asr_stream, FallbackStream):
+                asr_stream.on_apology = self._apologise
             tasks = [
                 asyncio.create_task(self._uplink(asr_stream), name=f"{self.call_id}-uplink"),
                 asyncio.create_task(self._recognised(asr_stream), name=f"{self.call_id}-asr"),
@@ -270,6 +289,9 @@ class Call:
                     self._caller_speech_ended_at = happened_at
                     if self._bot_task is None or self._bot_task.done():
                         self._arm_no_input()  # restarts the wait if the speech gave no text
+            if self._amd is not None:
+                speech = self._vad.probability >= self._vad.threshold
+                self._on_amd(self._amd.feed(frame, speech))
             await asr_stream.push(frame)  # type: ignore[attr-defined]
 
     def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
@@ -325,7 +347,61 @@ class Call:
                 }
             )
             turn_id = uuid.uuid4().hex[:8]
-            self._start_bot_turn(CallerText(text))
+            if not self._greeting_words(text, result.start_ms):
+                self._start_bot_turn(CallerText(text))
+
+    # --- answering-machine detection ----------------------------------------------------------
+
+    def _detect_machine(self, settings: AmdSettings) -> None:
+        self._amd = AnsweringMachineDetector(settings)
+        self._amd_start_ms = self._caller_samples_seen * 1000 / self.asr.sample_rate
+
+    def _greeting_words(self, text: str, start_ms: int) -> bool:
+        """Whether caller words belong to the detection (the greeting), not to the dialog."""
+        if self._amd is not None:
+            self._on_amd(self._amd.hear(text))
+            return True
+        return self._amd_until_ms is not None and start_ms < self._amd_until_ms
+
+    def _on_amd(self, events: list[AmdEvent]) -> None:
+        def at(ms: int) -> float:  # call time, as the caller channel of the recording
+            return round((self._amd_start_ms + ms) / 1000, 3)
+
+        for event in events:
+            if isinstance(event, Verdict):
+                self.amd = event.result
+                self.record.add_event(
+                    {
+                        "who": "system",
+                        "amd": event.result,
+                        "cause": event.cause,
+                        "start": at(event.at_ms),
+                    }
+                )
+                self.notify({"type": "amd", "result": event.result, "cause": event.cause})
+            elif isinstance(event, BeepHeard):
+                self.record.add_event(
+                    {
+                        "who": "system",
+                        "beep_hz": round(event.frequency_hz),
+                        "start": at(event.start_ms),
+                        "end": at(event.end_ms),
+                    }
+                )
+            else:
+                self._amd = None
+                self._amd_until_ms = self._amd_start_ms + event.at_ms
+                verdict = event.verdict
+                self.metrics.amd = {
+                    "result": verdict.result,
+                    "cause": verdict.cause,
+                    "verdict_s": at(verdict.at_ms),
+                    "beep_s": at(event.beep.end_ms) if event.beep else None,
+                    "finished_s": at(event.at_ms),
+                }
+                self._start_bot_turn(
+                    MachineDetected(verdict.result, verdict.cause, event.beep is not None)
+                )
 
     def dtmf(self, digits: str) -> None:
         """Digits from the transport (RFC 4733, SIP INFO)."""
@@ -374,6 +450,24 @@ class Call:
             self._no_input.cancel()
             self._no_input = None
 
+    def _apologise(self, apology: Apology) -> None:
+        """The cloud recogniser is lost (``apology`` policy): once the bot's turn is over, tell
+        the caller, then go on with the embedded recogniser or end the call, as configured."""
+        log.warning("call %s: recognition fell back; apologising", self.call_id)
+        self.record.add_event({"who": "system", "text": "recognition failed", "start": self._now()})
+        self._bot_task = asyncio.create_task(self._apology_turn(apology, self._bot_task))
+
+    async def _apology_turn(self, apology: Apology, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await previous
+        await self._say(Say(apology.text))
+        await self._wait_played()
+        if apology.hang_up:
+            self.hangup("speech-service-failed")
+        elif self._bot_task is asyncio.current_task():
+            self._arm_no_input()
+
     async def _cancel_bot_turn(self) -> None:
         task = self._bot_task
         if task is not None and not task.done():
@@ -395,6 +489,8 @@ class Call:
                     await self._wait_played()  # "putting you through" is heard before the move
                     self.record.add_event({"who": "system", "transfer": output.target})
                     self.notify({"type": "transfer", "target": output.target})
+                elif isinstance(output, DetectMachine):
+                    self._detect_machine(output.settings)
                 elif isinstance(output, Hangup):
                     await self._wait_played()
                     self.hangup(output.reason)

@@ -36,10 +36,26 @@ def _dial_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.add_argument("to", help="sip:user@host[:port] (must match sip.outbound_targets)")
     parser.add_argument("--dialplan", help="dialplan the call runs (default: the bridge's)")
     parser.add_argument("--from", dest="from_user", help="From user of the call")
+    parser.add_argument(
+        "--var",
+        dest="variables",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a dialplan variable for the call (repeatable)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML config file")
     parser.add_argument("--server", help="bridge HTTP base URL (default: from http.host/port)")
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to follow the call")
     parser.set_defaults(func=_dial)
+
+
+def _campaign_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from bridge.campaign.client import add_arguments
+
+    parser = subparsers.add_parser("campaign", help="create and steer a running bridge's campaigns")
+    add_arguments(parser)
+    parser.set_defaults(func=_campaign)
 
 
 def _check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -106,11 +122,34 @@ def _check(args: argparse.Namespace) -> int:
 def _dial(args: argparse.Namespace) -> int:
     from bridge.sip.dial import dial
 
-    server = args.server
-    if server is None:
-        http = _load(args).http
-        server = f"http://{http.host}:{http.port}"
-    return dial(server, args.to, dialplan=args.dialplan, from_user=args.from_user, wait=args.wait)
+    bad = [v for v in args.variables if "=" not in v or not v.partition("=")[0]]
+    if bad:
+        print(f"bridge dial: --var {bad[0]!r}: expected NAME=VALUE", file=sys.stderr)
+        return 2
+    server = _server(args)
+    variables = dict(v.partition("=")[::2] for v in args.variables)
+    return dial(
+        server,
+        args.to,
+        dialplan=args.dialplan,
+        from_user=args.from_user,
+        variables=variables,
+        wait=args.wait,
+    )
+
+
+def _server(args: argparse.Namespace) -> str:
+    """``--server``, or the bridge the config file describes."""
+    if args.server is not None:
+        return str(args.server)
+    http = _load(args).http
+    return f"http://{http.host}:{http.port}"
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from bridge.campaign.client import run
+
+    return run(_server(args), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
     _dial_parser(subparsers)
+    _campaign_parser(subparsers)
     _check_parser(subparsers)
     try:
         from bridge.emulator.cli import add_parser as add_emulator

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bridge.sip.uri import SipUri
 from bridge.typedyaml import YamlError, load_typed
@@ -104,11 +105,13 @@ class DashScopeTtsConfig:
 
 @dataclass
 class DashScopeFallbackConfig:
-    # After `retries` failed attempts: the embedded engines carry on, or (TTS only) the caller
-    # hears `apology` in place of the failed turn (the recogniser still falls back to embedded).
+    # After `retries` failed attempts: the embedded engines carry on, or the caller hears
+    # `apology`: in place of the failed bot turn (TTS), or when the recogniser is lost mid-call
+    # (which then falls back to embedded, or ends the call if `hang_up_after_apology`).
     policy: Literal["embedded", "apology"] = "embedded"
     retries: int = 1
     apology: str = "I am sorry, I am having trouble speaking right now. Please try again later."
+    hang_up_after_apology: bool = False
 
 
 @dataclass
@@ -129,7 +132,7 @@ class SpeechConfig:
     asr: AsrConfig = field(default_factory=AsrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     vad: VadConfig = field(default_factory=VadConfig)
-    cpu_threads: int = 2  # threads one Whisper decode may use
+    cpu_threads: int = 1  # threads one Whisper decode may use
     dashscope: DashScopeConfig = field(default_factory=DashScopeConfig)
 
 
@@ -212,6 +215,8 @@ class SipConfig:
     outbound_targets: list[str] = field(default_factory=list)
     outbound_from: str = "bridge"
     no_rtp_timeout_s: float = 20.0
+    # Ring this long (180 sent at once) before answering, so callers can still CANCEL.
+    answer_delay_ms: int = 0
     registrations: list[SipRegistrationConfig] = field(default_factory=list)
 
     def validate(self) -> str | None:
@@ -225,6 +230,8 @@ class SipConfig:
             return "transports: name at least one of udp, tcp"
         if "udp" not in self.transports:
             return "transports: udp is required (tcp is optional)"
+        if self.answer_delay_ms < 0:
+            return f"answer_delay_ms: must be 0 or more, got {self.answer_delay_ms}"
         for cidr in self.allow_list:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -239,6 +246,39 @@ class SipConfig:
 
 
 @dataclass
+class CampaignsConfig:
+    """Outbound campaigns (bridge/campaign): where their state lives and how they dial."""
+
+    enabled: bool = True  # needs sip.enabled; campaigns dial through the SIP front door
+    dir: str = "campaigns"  # SQLite database (WAL) of campaigns, contacts and attempts
+    redis_url: str | None = None  # redis://host:port/db: share campaigns between instances
+    # Names this process's attempts, so a restart recovers exactly the ones it left in flight;
+    # instances sharing campaigns (redis_url) need distinct names.
+    instance: str = "local"
+    ring_timeout_s: float = 30.0  # an unanswered campaign call is cancelled: "no-answer"
+    default_timezone: str = "UTC"  # for contacts without a timezone column
+    # Turns a phone number in a contact list into a SIP URI: "sip:{number}@trunk.example.com";
+    # null: contacts must give SIP URIs.
+    number_uri: str | None = None
+    poll_s: float = 1.0  # how often state changed elsewhere (other instances) is looked at
+
+    def validate(self) -> str | None:
+        if self.ring_timeout_s <= 0:
+            return "ring_timeout_s: must be more than 0"
+        if self.poll_s <= 0:
+            return "poll_s: must be more than 0"
+        if self.number_uri is not None and "{number}" not in self.number_uri:
+            return "number_uri: must contain {number}, e.g. sip:{number}@trunk.example.com"
+        if not self.instance:
+            return "instance: must not be empty"
+        try:
+            ZoneInfo(self.default_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            return f"default_timezone: unknown time zone {self.default_timezone!r}"
+        return None
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
@@ -247,6 +287,7 @@ class Config:
     dialog: DialogConfig = field(default_factory=DialogConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
     source: str = field(default="<defaults>", init=False)
 
 

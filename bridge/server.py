@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -22,6 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from bridge.call import Call, CallSettings, Notify
+from bridge.campaign import api as campaign_api
+from bridge.campaign.service import CampaignService, open_campaigns
 from bridge.config import Config
 from bridge.dialog.dialplan import Dialplan
 from bridge.dialog.engine import build_dialog
@@ -30,7 +33,7 @@ from bridge.media.recorder import CallRecord
 from bridge.sip import api as sip_api
 from bridge.sip.front import SipFront
 from bridge.speech.base import text_once
-from bridge.speech.factory import SpeechEngines, build_engines
+from bridge.speech.factory import SpeechEngines, build_engines, dashscope_settings
 from bridge.webrtc import signalling
 from bridge.webrtc.appkeys import BRIDGE
 from bridge.webrtc.ice import use_ice_host_addresses
@@ -60,7 +63,11 @@ class Bridge:
         """Load models off the event loop; /healthz turns green when this returns."""
         engines = await build_engines(self.config.speech)
         await self.warm_prompts(engines)
+        await engines.warm()
         self.engines = engines
+        # Models and startup state live for good: take them out of the collector's scans, so
+        # its older-generation passes stay short enough not to delay the 20 ms media clock.
+        gc.freeze()
         log.info("speech engines ready")
 
     async def warm_prompts(self, engines: SpeechEngines) -> None:
@@ -79,8 +86,17 @@ class Bridge:
         return len(self.calls) >= self.config.calls.max_concurrent
 
     def create_call(
-        self, *, channel: str, dialplan: Dialplan, output_rate: int, notify: Notify, remote: str
+        self,
+        *,
+        channel: str,
+        dialplan: Dialplan,
+        output_rate: int,
+        notify: Notify,
+        remote: str,
+        variables: dict[str, str] | None = None,
     ) -> Call:
+        """A call running ``dialplan``; ``variables`` (an outbound call's, e.g. a campaign
+        contact's columns) are given to it beside ``call`` (id, channel, remote)."""
         assert self.engines is not None, "create_call before engines are loaded"
         call_id = uuid.uuid4().hex[:12]
         record = CallRecord.open(
@@ -99,7 +115,10 @@ class Bridge:
         dialog = build_dialog(
             dialplan,
             self.http_session(),
-            variables={"call": {"id": call_id, "channel": channel, "remote": remote}},
+            variables={
+                **(variables or {}),
+                "call": {"id": call_id, "channel": channel, "remote": remote},
+            },
             llm_base_url=self.config.dialog.llm_base_url,
             llm_model=self.config.dialog.llm_model,
         )
@@ -197,7 +216,9 @@ def cors_middleware(origins: list[str]) -> Any:
     return middleware
 
 
-def build_app(bridge: Bridge, sip: SipFront | None = None) -> web.Application:
+def build_app(
+    bridge: Bridge, sip: SipFront | None = None, campaigns: CampaignService | None = None
+) -> web.Application:
     app = web.Application(
         client_max_size=bridge.config.http.max_body_bytes,
         middlewares=[cors_middleware(bridge.config.http.cors_origins)],
@@ -207,15 +228,21 @@ def build_app(bridge: Bridge, sip: SipFront | None = None) -> web.Application:
     signalling.add_routes(app)
     if sip is not None:
         sip_api.add_routes(app, sip)
+    if campaigns is not None:
+        campaign_api.add_routes(app, campaigns)
     return app
 
 
 async def serve(config: Config) -> None:
     """Run the bridge until SIGINT/SIGTERM."""
+    dashscope_settings(config.speech)  # a missing key is a ConfigError before any port is bound
     use_ice_host_addresses(config.webrtc.ice_hosts)
     bridge = Bridge(config)
     sip = SipFront(bridge, config.sip) if config.sip.enabled else None
-    runner = web.AppRunner(build_app(bridge, sip), access_log=None)
+    campaigns = None
+    if sip is not None and config.campaigns.enabled:
+        campaigns = await open_campaigns(config, bridge, sip)
+    runner = web.AppRunner(build_app(bridge, sip, campaigns), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
     await site.start()
@@ -238,8 +265,11 @@ async def serve(config: Config) -> None:
             log.error("cannot load speech engines: %s", task.exception())
             failed.append(task.exception())
             stop.set()
+        elif not task.cancelled() and campaigns is not None:  # dial once calls can be served
+            dialling.append(asyncio.create_task(campaigns.run(), name="campaigns"))
 
     failed: list[BaseException | None] = []
+    dialling: list[asyncio.Task[None]] = []
     loader.add_done_callback(on_loaded)
     try:
         await stop.wait()
@@ -247,6 +277,10 @@ async def serve(config: Config) -> None:
         loader.cancel()
         if watcher is not None:
             watcher.cancel()
+        if campaigns is not None:  # calls still in flight are recovered as interrupted
+            for task in dialling:
+                task.cancel()
+            await campaigns.close(grace_s=0)
         if sip is not None:
             await sip.close()
         await bridge.shutdown()

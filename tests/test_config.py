@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
         ("speech:\n  vad:\n    threshold: high\n", ":3: speech.vad.threshold: expected a number"),
         ("a: [\n", ": invalid YAML"),
         ("- 1\n", ":1: (top level): expected a mapping"),
+        ("campaigns:\n  number_uri: sip:x@y\n", ":2: campaigns: number_uri: must contain {number}"),
+        ("campaigns:\n  default_timezone: Mars\n", "default_timezone: unknown time zone 'Mars'"),
+        ("sip:\n  answer_delay_ms: -5\n", ":2: sip: answer_delay_ms: must be 0 or more, got -5"),
     ],
 )
 def test_errors_point_at_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

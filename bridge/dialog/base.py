@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from bridge.campaign.amd import AmdResult, AmdSettings
+
 
 @dataclass(frozen=True, slots=True)
 class Say:
@@ -40,7 +42,15 @@ class Transfer:
     target: str
 
 
-DialogOutput = Say | Hangup | Transfer
+@dataclass(frozen=True, slots=True)
+class DetectMachine:
+    """Tell a person from an answering machine by the caller's audio; the call answers with
+    `MachineDetected` (and says nothing meanwhile, unless the dialog does)."""
+
+    settings: AmdSettings
+
+
+DialogOutput = Say | Hangup | Transfer | DetectMachine
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +73,16 @@ class NoInput:
     """The caller said and keyed nothing for the time the dialog asked to wait."""
 
 
-DialogEvent = CallStarted | CallerText | CallerDigits | NoInput
+@dataclass(frozen=True, slots=True)
+class MachineDetected:
+    """Who answered; with ``wait_for_beep`` a machine's greeting has ended (``beep``: by a beep)."""
+
+    result: AmdResult
+    cause: str
+    beep: bool = False
+
+
+DialogEvent = CallStarted | CallerText | CallerDigits | NoInput | MachineDetected
 
 
 class Dialog(ABC):

@@ -98,6 +98,9 @@ def _step_problems(plan: Dialplan, name: str, step: Step) -> Iterator[Problem]:
         yield _at(step, "webhook", f"{at}.webhook: unknown webhook {step.webhook!r}")
     if step.llm is not None and plan.llm is None:
         yield _at(step, "llm", f"{at}.llm: the dialplan has no 'llm' section")
+    amd = step.amd
+    if amd is not None and step.goto is None and not (amd.on_human and amd.on_machine):
+        yield _at(amd, "", f"{at}.amd: set on_human and on_machine (or a goto for the rest)")
     waits = step.waits
     if waits is None:
         return
@@ -166,6 +169,10 @@ def _targets(step: Step) -> Iterator[tuple[tuple[Located, str], str]]:
     if step.branch is not None:
         for target in step.branch.cases.values():
             yield (step.branch, "cases"), target
+    if step.amd is not None:
+        for key in ("on_human", "on_machine", "on_unknown"):
+            if getattr(step.amd, key) is not None:
+                yield (step.amd, key), getattr(step.amd, key)
 
 
 def _unreachable(plan: Dialplan) -> Iterator[Problem]:

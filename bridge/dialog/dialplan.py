@@ -2,7 +2,7 @@
 
 A dialplan names the calls it serves, their language and voice, and a flow of named steps. A step
 runs, in order: ``set`` (variables), ``say`` (a prompt: text, SSML or a template), one action
-(``listen``, ``collect``, ``webhook``, ``transfer``, ``hangup``, ``llm``, ``branch``), then
+(``listen``, ``collect``, ``webhook``, ``transfer``, ``hangup``, ``llm``, ``branch``, ``amd``), then
 ``goto``. Steps that wait for the caller (listen, collect, llm) share the reprompt settings.
 Loading checks types and keys (`bridge.typedyaml`); `bridge.dialog.check` checks the meaning.
 """
@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bridge.campaign.amd import AmdSettings
 from bridge.dialog.template import lookup, placeholders, render_prompt
 from bridge.typedyaml import Located
 
@@ -84,6 +85,16 @@ class Branch(Located):
 
 
 @dataclass
+class AmdStep(AmdSettings, Located):
+    """Answering-machine detection (thresholds: `AmdSettings`); the result is ``amd.result``
+    (human, machine, unknown) with ``amd.cause`` and ``amd.beep``."""
+
+    on_human: str | None = None  # step; None: goto
+    on_machine: str | None = None
+    on_unknown: str | None = None  # None: as on_human (most dialers talk when unsure)
+
+
+@dataclass
 class Step(Located):
     set: dict[str, str] = field(default_factory=dict)  # name -> template
     say: str | None = None
@@ -96,10 +107,11 @@ class Step(Located):
     hangup: str | None = None  # reason
     llm: LlmStep | None = None
     branch: Branch | None = None
+    amd: AmdStep | None = None
     on_error: str | None = None  # webhook or LLM failure; None: carry on to goto
     goto: str | None = None
 
-    ACTIONS = ("listen", "collect", "webhook", "transfer", "hangup", "llm", "branch")
+    ACTIONS = ("listen", "collect", "webhook", "transfer", "hangup", "llm", "branch", "amd")
 
     def actions(self) -> list[str]:
         return [name for name in self.ACTIONS if getattr(self, name) is not None]

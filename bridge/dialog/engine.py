@@ -49,6 +49,7 @@ class FlowDialog(Dialog):
         variables: dict[str, Any] | None = None,
     ) -> None:
         self.flow = Flow(plan, variables)
+        self._given = dict(self.flow.variables)
         self.llm = llm or plan.llm
         self.session = session
         limits = self.llm or LlmConfig()
@@ -57,6 +58,14 @@ class FlowDialog(Dialog):
 
     def no_input_timeout(self) -> float | None:
         return self.flow.no_input_timeout
+
+    def collected(self) -> dict[str, Any]:
+        """The variables the flow set or changed during the call (a campaign keeps them)."""
+        return {
+            name: value
+            for name, value in self.flow.variables.items()
+            if name not in self._given or self._given[name] != value
+        }
 
     def bot_turn_heard(self, said: str, heard: str, interrupted: bool) -> None:
         self.context.heard(said, heard, interrupted)

@@ -1,10 +1,11 @@
 """A dialplan's scripted flow as a state machine: caller events in, effects out, no I/O.
 
-`Flow` walks steps until one waits for the caller (listen, collect, llm), needs a webhook, or
-hangs up. The work it cannot do itself comes out as effects for the dialog to carry out and feed
-back: `Fetch` (then `webhook_done`) and `Converse` (an LLM turn; its tool calls come back through
-`tool`). Keeping this pure makes every branch testable with plain events and no clock: silence
-arrives as a `NoInput` event.
+`Flow` walks steps until one waits for the caller (listen, collect, llm), needs a webhook or
+the answering-machine verdict (amd), or hangs up. The work it cannot do itself comes out as
+effects for the dialog to carry out and feed back: `Fetch` (then `webhook_done`), `Converse`
+(an LLM turn; its tool calls come back through `tool`) and `DetectMachine` (the call answers
+with a `MachineDetected` event). Keeping this pure makes every branch testable with plain
+events and no clock: silence arrives as a `NoInput` event.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from bridge.dialog.base import (
     CallerDigits,
     CallerText,
     CallStarted,
+    DetectMachine,
     DialogEvent,
     Hangup,
+    MachineDetected,
     NoInput,
     Say,
     Transfer,
@@ -47,7 +50,7 @@ class Converse:
     instructions: str
 
 
-Effect = Say | Hangup | Transfer | Fetch | Converse
+Effect = Say | Hangup | Transfer | Fetch | Converse | DetectMachine
 
 
 class Flow:
@@ -85,7 +88,9 @@ class Flow:
             return self._collect(step, step.collect, event)
         if step.llm is not None:
             return self._llm(step, step.llm, event)
-        return []
+        if step.amd is not None and isinstance(event, MachineDetected):
+            return self._detected(step, event)
+        return []  # e.g. the greeting's words while answering-machine detection runs
 
     def webhook_done(self, result: WebhookResult) -> list[Effect]:
         assert self.step is not None and self._fetching, "webhook_done without a webhook"
@@ -151,6 +156,8 @@ class Flow:
                 self._fetching = True
                 request = build_request(self.plan.webhooks[step.webhook], self.variables)
                 return [*out, Fetch(request)]
+            if step.amd is not None:
+                return [*out, DetectMachine(step.amd)]
             if step.llm is not None and answer_now:
                 return [*out, Converse(step.llm.instructions)]
             if step.waits is not None:
@@ -267,6 +274,15 @@ class Flow:
         return self._retry(
             step, "no-input" if isinstance(event, NoInput) else "no-match", collect.confirm
         )
+
+    def _detected(self, step: Step, event: MachineDetected) -> list[Effect]:
+        amd = step.amd
+        assert amd is not None
+        self.variables["amd"] = {"result": event.result, "cause": event.cause, "beep": event.beep}
+        log.info("dialplan %s: answered by %s (%s)", self.plan.name, event.result, event.cause)
+        unknown = amd.on_unknown or amd.on_human
+        target = {"human": amd.on_human, "machine": amd.on_machine, "unknown": unknown}
+        return self._run(target[event.result] or step.goto)
 
     def _llm(self, step: Step, llm: LlmStep, event: DialogEvent) -> list[Effect]:
         if isinstance(event, NoInput):

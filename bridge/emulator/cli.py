@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--api-key", required=True, help="key clients must send as Bearer")
+    parser.add_argument(
+        "--omni-reply", help="what Qwen-Omni answers every turn (default: echoes the caller)"
+    )
     faults = parser.add_argument_group("faults")
     faults.add_argument("--first-packet-delay", type=float, default=0.0, metavar="SECONDS")
     faults.add_argument("--fail-after-frames", type=int, metavar="N")
@@ -48,7 +51,11 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
 def run(args: argparse.Namespace) -> int:
     async def serve() -> None:
         emulator = Emulator(
-            api_key=args.api_key, host=args.host, port=args.port, faults=faults_from_args(args)
+            api_key=args.api_key,
+            host=args.host,
+            port=args.port,
+            faults=faults_from_args(args),
+            omni_reply=args.omni_reply,
         )
         async with emulator:
             log.info("DashScope emulator on %s", emulator.base_url)

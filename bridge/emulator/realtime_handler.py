@@ -25,7 +25,7 @@ class RealtimeConnection:
         self, emulator: Emulator, request: web.Request, ws: web.WebSocketResponse, model: str
     ) -> None:
         self.emulator, self.request, self.ws = emulator, request, ws
-        self.proto = rs.RealtimeServer(model)
+        self.proto = rs.RealtimeServer(model, emulator.omni_reply)
         self.lock = asyncio.Lock()
         self.responses: asyncio.Queue[rs.Respond] = asyncio.Queue()
         self.current: asyncio.Task[None] | None = None
@@ -113,6 +113,8 @@ class RealtimeConnection:
         rate = int(session.get("sample_rate") or 24000)
         gain = float(session.get("volume", 50)) / 50.0
         await self.execute(self.proto.on_response_begin(response))
+        if not response.audio:
+            return
         async for chunk in engine.synthesize(text_once(response.text)):
             pcm = convert(chunk.audio.samples, engine.sample_rate, rate, gain)
             for piece in frames(pcm, rate):

@@ -1,7 +1,10 @@
-"""Sans-I/O server side of the realtime protocol: Qwen-TTS realtime and Qwen3-ASR realtime.
+"""Sans-I/O server side of the realtime protocol: Qwen-TTS, Qwen3-ASR and Qwen-Omni realtime.
 
 One :class:`RealtimeServer` per socket (one socket = one session). Like the task server it
 returns actions; the adapter runs the engines and reports back through the ``on_*`` methods.
+Omni is recognition and synthesis in one session: the caller is transcribed, answered by a
+fixed rule (``reply``, else an echo), and the answer spoken; caller speech during an answer
+cancels it (barge-in).
 """
 
 from __future__ import annotations
@@ -31,15 +34,32 @@ ASR_DEFAULTS: dict[str, Any] = {
     "input_audio_transcription": {},
     "turn_detection": {"type": "server_vad", "threshold": 0.2, "silence_duration_ms": 800},
 }
+OMNI_DEFAULTS: dict[str, Any] = {
+    "modalities": ["text", "audio"],
+    "voice": "Cherry",
+    "input_audio_format": "pcm16",
+    "output_audio_format": "pcm24",
+    "instructions": "",
+    "input_audio_transcription": {"model": "gummy-realtime-v1"},
+    "turn_detection": {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 800,
+        "create_response": True,
+        "interrupt_response": True,
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Respond:
-    """Synthesise ``text`` as one response."""
+    """Synthesise ``text`` as one response (Omni text-only sessions: ``audio`` is False)."""
 
     response_id: str
     item_id: str
     text: str
+    audio: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +81,10 @@ Action = Send | Close | Respond | CancelResponse | OpenRecognition | EndRecognit
 
 
 class RealtimeServer:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, reply: str | None = None) -> None:
         self.model = model
-        self.kind = "asr" if "asr" in model else "tts"
-        defaults = ASR_DEFAULTS if self.kind == "asr" else TTS_DEFAULTS
+        self.kind = "omni" if "omni" in model else "asr" if "asr" in model else "tts"
+        defaults = {"asr": ASR_DEFAULTS, "omni": OMNI_DEFAULTS, "tts": TTS_DEFAULTS}[self.kind]
         self.session: dict[str, Any] = {
             "id": rp.new_id("sess"),
             "object": "realtime.session",
@@ -82,15 +102,20 @@ class RealtimeServer:
         self.finals: list[str] = []
         self.audio_since_commit = False
         self.committing = False  # manual mode: a committed buffer is being recognised
+        self.recognising = False  # a recognition stream is open
+        self.clearing = False  # the buffer was cleared: drop what its stream still reports
+        self.reply = reply
+        self.heard = ""  # Omni: the caller's last utterance, which the next response answers
+        self.want_response = False  # Omni: response.create while a commit is recognised
 
     @property
     def manual(self) -> bool:
-        return self.kind == "asr" and not self.session.get("turn_detection")
+        return self.kind != "tts" and not self.session.get("turn_detection")
 
     def start(self) -> list[Action]:
         actions: list[Action] = [Send(rp.encode("session.created", session=self.session))]
-        if self.kind == "asr":
-            actions.append(OpenRecognition(self._language()))
+        if self.kind != "tts":
+            actions.append(self._open())
         return actions
 
     def receive(self, data: str | bytes) -> list[Action]:
@@ -158,7 +183,7 @@ class RealtimeServer:
 
     def _on_input_audio_buffer_append(self, event: dict[str, Any], event_id: str) -> list[Action]:
         audio = event.get("audio")
-        if self.kind != "asr" or not isinstance(audio, str):
+        if self.kind == "tts" or not isinstance(audio, str):
             return [Send(rp.error_event("invalid_value", "append needs audio", event_id=event_id))]
         data = rp.unb64(audio)
         self.started = self.audio_since_commit = True
@@ -180,8 +205,28 @@ class RealtimeServer:
             ]
         return self._commit_audio()
 
+    def _on_input_audio_buffer_clear(self, event: dict[str, Any], event_id: str) -> list[Action]:
+        if self.kind == "tts":
+            return [Send(rp.error_event("invalid_value", "no audio buffer", event_id=event_id))]
+        actions: list[Action] = [Send(rp.encode("input_audio_buffer.cleared"))]
+        self.audio_since_commit, self.finals, self.item_id = False, [], None
+        if self.recognising and not self.committing:
+            self.clearing = True
+            actions.append(EndRecognition())
+        return actions
+
+    def _on_response_create(self, event: dict[str, Any], event_id: str) -> list[Action]:
+        if self.kind != "omni":
+            return [Send(rp.error_event("invalid_value", "unknown event", event_id=event_id))]
+        if self.committing:
+            self.want_response = True  # answered once the committed audio is recognised
+            return []
+        return self._answer()
+
     def _on_session_finish(self, event: dict[str, Any], event_id: str) -> list[Action]:
         self.finishing = True
+        if self.kind == "omni":
+            return [] if self.committing else [EndRecognition()]
         if self.kind == "asr":
             if not self.manual:
                 return [EndRecognition()]
@@ -196,9 +241,9 @@ class RealtimeServer:
     def on_response_begin(self, response: Respond) -> list[Action]:
         r = self._response(response, "in_progress", [])
         item = self._item(response, "in_progress")
-        part = {"type": "audio", "text": ""}
+        part = {"type": "audio", "text": ""} if response.audio else {"type": "text", "text": ""}
         ids = {"response_id": response.response_id, "output_index": 0}
-        return [
+        actions: list[Action] = [
             Send(rp.encode("response.created", response=r)),
             Send(rp.encode("response.output_item.added", **ids, item=item)),
             Send(
@@ -211,6 +256,11 @@ class RealtimeServer:
                 )
             ),
         ]
+        if self.kind == "omni":  # the answer's text comes before its audio
+            kind = "response.audio_transcript.delta" if response.audio else "response.text.delta"
+            ids["item_id"] = response.item_id
+            actions.append(Send(rp.encode(kind, **ids, content_index=0, delta=response.text)))
+        return actions
 
     def on_response_audio(self, response: Respond, pcm: bytes) -> list[Action]:
         ids = {"response_id": response.response_id, "item_id": response.item_id}
@@ -229,9 +279,18 @@ class RealtimeServer:
         item = self._item(response, "completed" if status == "completed" else "incomplete")
         item["content"] = [{"type": "audio", "text": ""}]
         r = self._response(response, status, [item])
-        r["usage"] = {"characters": billed_characters(response.text)}
-        actions: list[Action] = [
-            Send(rp.encode("response.audio.done", **ids, content_index=0)),
+        r["usage"] = self._usage(response)
+        actions: list[Action] = []
+        if self.kind == "omni":
+            done, field = (
+                ("response.audio_transcript.done", "transcript")
+                if response.audio
+                else ("response.text.done", "text")
+            )
+            actions.append(Send(rp.encode(done, **ids, content_index=0, **{field: response.text})))
+        if response.audio:
+            actions.append(Send(rp.encode("response.audio.done", **ids, content_index=0)))
+        actions += [
             Send(
                 rp.encode(
                     "response.content_part.done",
@@ -250,18 +309,20 @@ class RealtimeServer:
             ),
             Send(rp.encode("response.done", response=r)),
         ]
-        if self.finishing and self.pending == 0:
-            actions += self._finished()
+        if self.finishing:
+            actions += self._finish_when_idle()
         return actions
 
     def on_transcript(self, transcript: Transcript) -> list[Action]:
-        if not transcript.text:
+        if not transcript.text or self.clearing:
             return []
         actions: list[Action] = []
         if self.item_id is None:
             self.item_id = rp.new_id("item")
             self.item_start = transcript.start_ms
             if not self.manual:
+                if self.kind == "omni" and self.pending and self._turn("interrupt_response"):
+                    actions.append(CancelResponse())  # barge-in: the caller talks over it
                 actions.append(
                     Send(
                         rp.encode(
@@ -281,6 +342,8 @@ class RealtimeServer:
             }
             actions.append(Send(rp.encode("conversation.item.created", item=item)))
         if not transcript.is_final:
+            if self.kind == "omni":
+                return actions  # Omni reports the caller's words only when complete
             stash = transcript.text
             if self.finals:
                 stash = " ".join([*self.finals, stash])
@@ -301,20 +364,29 @@ class RealtimeServer:
             Send(rp.encode("input_audio_buffer.committed", item_id=item_id)),
             Send(self._text_event("completed", transcript=transcript.text)),
         ]
-        self.item_id = None
+        self.item_id, self.heard = None, transcript.text
+        if self.kind == "omni" and not self.finishing and self._turn("create_response"):
+            actions += self._answer()
         return actions
 
     def on_recognition_done(self) -> list[Action]:
-        self.committing = False
+        committed = self.committing
+        self.committing = self.recognising = False
         actions: list[Action] = []
-        if self.manual:
+        if self.clearing:
+            self.clearing = False
+        elif self.manual and (committed or self.finals):
             if self.item_id is None:
                 self.item_id = rp.new_id("item")
-            actions.append(Send(self._text_event("completed", transcript=" ".join(self.finals))))
+            self.heard = " ".join(self.finals)
+            actions.append(Send(self._text_event("completed", transcript=self.heard)))
             self.finals, self.item_id = [], None
+            if self.want_response and not self.finishing:
+                self.want_response = False
+                actions += self._answer()
         if self.finishing:
-            return actions + self._finished()
-        return [*actions, OpenRecognition(self._language())]
+            return actions + self._finish_when_idle()
+        return [*actions, self._open()]
 
     def fail(self, code: str, message: str) -> list[Action]:
         self.closed = True
@@ -331,14 +403,46 @@ class RealtimeServer:
 
     def _respond(self, texts: list[str], clear: bool = True) -> list[Action]:
         actions: list[Action] = []
+        audio = "audio" in (self.session.get("modalities") or ["audio"])
         for text in map(str.strip, texts):
             if text:
                 self.pending += 1
                 self.started = True
-                actions.append(Respond(rp.new_id("resp"), rp.new_id("item"), text))
+                actions.append(Respond(rp.new_id("resp"), rp.new_id("item"), text, audio))
         if clear:
             self.text = ""
         return actions
+
+    def _answer(self) -> list[Action]:
+        """Omni's reply to what the caller last said: the configured one, else an echo."""
+        if self.reply:
+            return self._respond([self.reply])
+        return self._respond([f"You said: {self.heard}" if self.heard else "I am listening."])
+
+    def _turn(self, flag: str) -> bool:
+        """A server VAD option that defaults to on (``create_response``, ``interrupt_response``)."""
+        return bool((self.session.get("turn_detection") or {}).get(flag, True))
+
+    def _open(self) -> OpenRecognition:
+        self.recognising = True
+        return OpenRecognition(self._language())
+
+    def _usage(self, response: Respond) -> dict[str, Any]:
+        if self.kind != "omni":
+            return {"characters": billed_characters(response.text)}
+        words = len(response.text.split())  # an estimate: the emulator has no tokenizer
+        return {
+            "total_tokens": 2 * words,
+            "input_tokens": words,
+            "output_tokens": words,
+            "input_tokens_details": {"text_tokens": 0, "audio_tokens": words},
+            "output_tokens_details": {"text_tokens": words, "audio_tokens": 0},
+        }
+
+    def _finish_when_idle(self) -> list[Action]:
+        if self.closed or self.pending or self.recognising:
+            return []
+        return self._finished()
 
     def _finished(self) -> list[Action]:
         self.closed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 
 from aiohttp import web
 
@@ -43,6 +44,7 @@ class Emulator:
         timers: Timers | None = None,
         words_in_end: bool = True,
         asr_speed: float = 1.0,
+        omni_reply: str | None = None,
     ) -> None:
         if asr is None or tts is None:
             default_asr, default_tts = default_engines()
@@ -54,8 +56,12 @@ class Emulator:
         self.timers = timers or Timers()
         self.words_in_end = words_in_end
         self.asr_speed = asr_speed  # how much faster than real time recognition may run
+        self.omni_reply = omni_reply  # what Omni answers every turn; None: "You said: …"
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self.handshakes = 0  # WebSocket upgrades accepted
+        self.tasks_started = 0  # task-protocol tasks that reached task-started
+        self.last_disconnect = 0.0  # when a client socket last ended (monotonic clock)
 
     @property
     def base_url(self) -> str:
@@ -124,6 +130,7 @@ class Emulator:
             await TaskConnection(self, request, ws).run()
         finally:
             self._sockets.discard(ws)
+            self.last_disconnect = time.monotonic()
         return ws
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
@@ -137,12 +144,14 @@ class Emulator:
             await RealtimeConnection(self, request, ws, request.query.get("model", "")).run()
         finally:
             self._sockets.discard(ws)
+            self.last_disconnect = time.monotonic()
         return ws
 
     async def _upgrade(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
         self._sockets.add(ws)
+        self.handshakes += 1
         return ws
 
     async def _get_faults(self, request: web.Request) -> web.Response:

@@ -102,6 +102,7 @@ class TaskConnection:
             case ts.Close(code, reason):
                 await self.ws.close(code=code, message=reason.encode())
             case ts.StartSynthesis():
+                self.emulator.tasks_started += 1
                 queue: asyncio.Queue[ts.Speak | None] = asyncio.Queue()
                 self.speech[action.task_id] = queue
                 self._work(action.task_id, self._synthesize(action, queue))
@@ -115,6 +116,7 @@ class TaskConnection:
                 elif task_id in self.speech:
                     self.speech[task_id].put_nowait(None)
             case ts.StartRecognition():
+                self.emulator.tasks_started += 1
                 stream = await self.emulator.asr.open_stream(action.language)
                 self.streams[action.task_id] = stream
                 feed: asyncio.Queue[AudioFrame | None] = asyncio.Queue()

@@ -65,11 +65,11 @@ _ALAW_DEC = _build_alaw_decode()
 
 def _encode(table: np.ndarray, pcm: np.ndarray) -> bytes:
     samples = np.asarray(pcm, dtype=np.int16)
-    return table[samples.view(np.uint16)].tobytes()
+    return table.take(samples.view(np.uint16)).tobytes()  # take: half the cost of [] here
 
 
 def _decode(table: np.ndarray, data: bytes) -> np.ndarray:
-    return table[np.frombuffer(data, np.uint8)]
+    return table.take(np.frombuffer(data, np.uint8))
 
 
 def ulaw_encode(pcm: np.ndarray) -> bytes:

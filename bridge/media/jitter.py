@@ -85,10 +85,7 @@ class _Slot:
     seq: int
     ts: int
     samples: np.ndarray
-
-    @property
-    def end(self) -> int:
-        return self.ts + self.samples.size
+    end: int  # ts + samples.size, read for every slot on every frame
 
 
 class _WindowMin:
@@ -137,7 +134,11 @@ class _Concealer:
         self._hold = int(sample_rate * _HOLD_S)
         self._fade = int(sample_rate * _FADE_S)
         self._crossfade = int(sample_rate * _CROSSFADE_S)
-        self._history = np.zeros(2 * self.max_lag)
+        self._history_size = 2 * self.max_lag
+        # What was played, most recent last, joined into a history only when a loss needs it:
+        # frames are played far more often than they are concealed.
+        self._recent: deque[np.ndarray] = deque([np.zeros(self._history_size)])
+        self._recent_size = self._history_size
         self._period: np.ndarray | None = None
         self._position = 0
         self._elapsed = 0
@@ -147,7 +148,15 @@ class _Concealer:
         return self._period is not None
 
     def observe(self, played: np.ndarray) -> None:
-        self._history = np.concatenate([self._history, played])[-self._history.size :]
+        recent = self._recent
+        recent.append(played)
+        self._recent_size += played.size
+        while self._recent_size - recent[0].size >= self._history_size:
+            self._recent_size -= recent.popleft().size
+
+    @property
+    def _history(self) -> np.ndarray:
+        return np.concatenate(self._recent, dtype=np.float64)[-self._history_size :]
 
     def conceal(self, n: int) -> np.ndarray:
         if self._period is None:
@@ -215,6 +224,7 @@ class JitterBuffer:
         self._started = False
         self._out_ts = 0
         self._since_adjust = 0
+        self._uncut_lag = 0  # the last pitch period found too long to cut
         self._ssrc: int | None = None
         self._previous_ssrc: int | None = None
         self._peak = initial_delay_ms / 1000
@@ -295,7 +305,8 @@ class JitterBuffer:
         if self._highest is None or seq_diff(packet.sequence_number, self._highest[0]) > 0:
             self._highest = (packet.sequence_number, packet.timestamp, arrival)
         self._observe_timing(ts, arrival)
-        slot = _Slot(seq, ts, np.asarray(self._decode(packet), np.int16))
+        samples = np.asarray(self._decode(packet), np.int16)
+        slot = _Slot(seq, ts, samples, ts + samples.size)
         if self._play_ts is not None and slot.end <= self._play_ts:
             self._stats.late += 1
             return
@@ -363,8 +374,10 @@ class JitterBuffer:
         """Render the next frame from the cursor, compressing out up to ``excess`` samples."""
         assert self._play_ts is not None
         self._since_adjust += 1
-        # Every cut is at least a pitch period long (or a whole frame), so smaller excesses wait.
-        fits = excess >= min(self._concealer.min_lag, n)
+        # Every cut is at least a pitch period long (or a whole frame), so smaller excesses wait;
+        # after a period too long to cut, so do excesses shorter than it: pitch is steady, and
+        # analysing it again every few frames in vain was the costliest part of a quiet call.
+        fits = excess >= max(min(self._concealer.min_lag, n), self._uncut_lag)
         if fits and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
             lookahead = n + max(n, 2 * self._concealer.max_lag)
             x, mask = self._read(lookahead)
@@ -375,14 +388,37 @@ class JitterBuffer:
                 self._concealer.observe(out)
                 self._advance(n + cut)
                 return out
-        out = self._render(*self._read(n))
+        whole = None if self._concealer.active else self._whole(n)
+        if whole is None:
+            out = self._render(*self._read(n))
+        else:
+            out = whole
+            self._concealer.observe(out)
         self._advance(n)
         return out
+
+    def _whole(self, n: int) -> np.ndarray | None:
+        """The next ``n`` samples when the packet under the cursor and the next one in sequence
+        hold them all (the usual frame, even after a cut left the cursor mid-packet), else None.
+        """
+        start = self._play_ts
+        assert start is not None
+        for slot in self._slots.values():
+            if slot.ts <= start < slot.end:
+                head = slot.samples[start - slot.ts : start - slot.ts + n]
+                if head.size == n:
+                    return head
+                after = self._slots.get(slot.seq + 1)
+                if after is None or after.ts != slot.end or after.end < start + n:
+                    return None
+                return np.concatenate((head, after.samples[: n - head.size]))
+        return None
 
     def _shrink_cut(self, x: np.ndarray, n: int, excess: int) -> int:
         if n <= excess and AudioFrame(x[: 2 * n], self._rate).rms() < _QUIET_RMS:
             return n
         lag = self._concealer.pitch_lag(x[: 2 * self._concealer.max_lag])  # where the cut goes
+        self._uncut_lag = 0 if lag <= excess else lag
         return lag if lag <= excess else 0
 
     def _read(self, n: int) -> tuple[np.ndarray, np.ndarray]:

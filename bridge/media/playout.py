@@ -74,6 +74,11 @@ class PlayoutClock:
             self._next = current
         return max(self.deadline(self._next) - now, 0.0)
 
+    def restart(self, now: float) -> None:
+        """Anchor a fresh grid at ``now``, its first tick due at once: for a talkspurt after
+        silence, whose first frame would otherwise wait up to a frame for the old grid."""
+        self._start, self._next = now, 0
+
     def tick(self, now: float) -> int:
         """Consume the next tick at time ``now``; returns its index on the grid."""
         if self._start is None:
@@ -229,6 +234,7 @@ class Playout:
         self._events: list[PlayoutEvent] = []
         self._space = asyncio.Event()
         self._space.set()
+        self._audio = asyncio.Event()
 
     @property
     def queued_ms(self) -> int:
@@ -242,6 +248,18 @@ class Playout:
     def speaking(self) -> bool:
         """Bot speech is under way (possibly paused waiting for TTS): barge-in applies."""
         return bool(self._queue) and self._queue[0].started
+
+    @property
+    def starting(self) -> bool:
+        """The next frame starts an utterance whose audio is queued: a talkspurt begins."""
+        return bool(self._queue) and not self._queue[0].started and bool(self._queue[0].audio)
+
+    async def wait_for_start(self) -> None:
+        """Return once the next frame starts an utterance (so a transport idling between
+        ticks can send it at once)."""
+        while not self.starting:
+            self._audio.clear()
+            await self._audio.wait()
 
     @property
     def interruptible(self) -> bool:
@@ -276,6 +294,7 @@ class Playout:
             raise OverflowError("playout queue is full: await wait_for_space() before push()")
         self._utterance(utterance_id).add(chunk)
         self._queued += chunk.audio.num_samples
+        self._audio.set()
 
     def end_utterance(self, utterance_id: str) -> None:
         """No more audio will come; the utterance finishes once what was queued has played."""

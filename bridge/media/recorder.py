@@ -112,6 +112,8 @@ class CallRecord:
             "bot": _Track(sample_rate),
         }
         self._written = 0
+        self._max_lag = round(_MAX_LAG_S * sample_rate)
+        self._block = _BLOCK_S * sample_rate
         self._transcript: TextIO = (path / "transcript.jsonl").open("a", encoding="utf-8")
         self._wav = wave.open(str(path / "recording.wav"), "wb")  # noqa: SIM115 - lives until close
         self._wav.setnchannels(2)
@@ -146,12 +148,12 @@ class CallRecord:
             return
         self._tracks[channel].write(frame, at)
         caller, bot = self._tracks["caller"], self._tracks["bot"]
-        lagging, leading = sorted((caller, bot), key=lambda track: track.end)
-        silent = leading.end - lagging.end - round(_MAX_LAG_S * self.sample_rate)
+        lagging, leading = (caller, bot) if caller.end <= bot.end else (bot, caller)
+        silent = leading.end - lagging.end - self._max_lag
         if silent > 0:
             lagging.settle()
             lagging.pad(silent)
-        if min(caller.end, bot.end) - self._written >= _BLOCK_S * self.sample_rate:
+        if lagging.end - self._written >= self._block:
             self._write_block()
 
     def add_event(self, event: dict[str, object]) -> None:

@@ -42,6 +42,19 @@ class RtpPacket:
     padding: int = 0
 
     def __post_init__(self) -> None:
+        # The media path builds and parses 100 packets a second per call: one cheap test for
+        # the usual packet (no CSRCs, extension or padding), the itemised checks otherwise.
+        if (
+            0 <= self.payload_type < 128
+            and 0 <= self.sequence_number < _SEQ_MOD
+            and 0 <= self.timestamp < _TS_MOD
+            and 0 <= self.ssrc < _TS_MOD
+            and not self.csrc
+            and self.extension_profile is None
+            and not self.extension
+            and not self.padding
+        ):
+            return
         checks = (
             (0 <= self.payload_type < 128, "payload type must fit in 7 bits"),
             (0 <= self.sequence_number < _SEQ_MOD, "sequence number must fit in 16 bits"),
@@ -62,6 +75,8 @@ class RtpPacket:
         if len(data) < _HEADER.size:
             raise RtpError(f"packet too short: {len(data)} bytes, RTP header needs 12")
         first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
+        if first == 0x80:  # version 2 and nothing but the fixed header: the usual packet
+            return cls(second & 0x7F, seq, timestamp, ssrc, data[12:], second > 0x7F)
         if first >> 6 != 2:
             raise RtpError(f"bad RTP version {first >> 6}, expected 2")
         end = len(data)
@@ -103,6 +118,10 @@ class RtpPacket:
 
     def serialize(self) -> bytes:
         has_extension = self.extension_profile is not None
+        if not (self.csrc or has_extension or self.padding):
+            second = (0x80 if self.marker else 0) | self.payload_type
+            header = _HEADER.pack(0x80, second, self.sequence_number, self.timestamp, self.ssrc)
+            return header + self.payload
         first = 0x80 | (0x20 if self.padding else 0) | (0x10 if has_extension else 0)
         parts = [
             _HEADER.pack(
@@ -214,7 +233,18 @@ class RtpPacketizer:
             payload=payload,
             marker=self._talkspurt_pending if marker is None else marker,
         )
+        self._step(samples)
+        return packet
+
+    def packetize_bytes(self, payload: bytes, samples: int) -> bytes:
+        """``packetize(payload, samples).serialize()`` without building the packet value: a
+        call's media path sends 50 of these a second on its shared 20 ms clock."""
+        second = (0x80 if self._talkspurt_pending else 0) | self.payload_type
+        data = _HEADER.pack(0x80, second, self.sequence_number, self.timestamp, self.ssrc)
+        self._step(samples)
+        return data + payload
+
+    def _step(self, samples: int) -> None:
         self._talkspurt_pending = False
         self.sequence_number = (self.sequence_number + 1) % _SEQ_MOD
         self.advance(samples)
-        return packet

@@ -29,7 +29,10 @@ async def place_call(request: web.Request) -> web.Response:
         return json_error(400, problem)
     try:
         out = front.dial(
-            params["to"], from_user=params.get("from"), dialplan=params.get("dialplan")
+            params["to"],
+            from_user=params.get("from"),
+            dialplan=params.get("dialplan"),
+            variables=params.get("variables"),
         )
     except DialRefused as exc:
         headers = {"Retry-After": "10"} if exc.status == 503 else {}
@@ -58,6 +61,12 @@ def _call_problem(params: object) -> str | None:
     for name in ("from", "dialplan"):
         if params.get(name) is not None and not isinstance(params[name], str):
             return f"field {name!r} must be a string"
+    variables = params.get("variables")
+    if variables is not None and (
+        not isinstance(variables, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items())
+    ):
+        return "field 'variables' must be an object of strings"
     return None
 
 

@@ -25,11 +25,20 @@ def _request(url: str, body: dict[str, object] | None = None) -> tuple[int, dict
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def dial(server: str, to: str, *, dialplan: str | None, from_user: str | None, wait: float) -> int:
+def dial(
+    server: str,
+    to: str,
+    *,
+    dialplan: str | None,
+    from_user: str | None,
+    wait: float,
+    variables: dict[str, str] | None = None,
+) -> int:
     """Print the call's status changes; 0 once answered (or completed), 1 if it failed, 2 if
-    the bridge refused to place it."""
+    the bridge refused to place it. ``variables`` go to the call's dialplan."""
     status, body = _request(
-        f"{server.rstrip('/')}/api/calls", {"to": to, "dialplan": dialplan, "from": from_user}
+        f"{server.rstrip('/')}/api/calls",
+        {"to": to, "dialplan": dialplan, "from": from_user, "variables": variables or {}},
     )
     print(json.dumps(body), flush=True)
     if status >= 300:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.call import Call
 from bridge.config import ConfigError, SipConfig
 from bridge.dialog.dialplan import Dialplan, DialplanError
+from bridge.dialog.engine import FlowDialog
 from bridge.media.g711 import codec_by_name
 from bridge.sip.agent import AgentConfig
 from bridge.sip.auth import DigestVerifier
@@ -54,6 +56,7 @@ G711_RATE = 8000
 BUSY = (486, 600, 603)
 NO_ANSWER = (408, 480, 487)
 OUTBOUND_KEPT = 1000  # outbound call reports kept for GET /api/calls/{id}
+FINAL = ("completed", "busy", "no-answer", "failed")
 
 
 class DialRefused(Exception):
@@ -75,6 +78,27 @@ class OutboundCall:
     sip_status: int | None = None
     reason: str = ""
     record_id: str | None = None  # the bridge call (and its record folder) once answered
+    variables: dict[str, str] = field(default_factory=dict)  # given to the dialplan
+    collected: dict[str, Any] = field(default_factory=dict)  # what the dialplan set, at the end
+    amd: str | None = None  # answering-machine detection result (the dialplan's amd.result)
+    duration_s: float | None = None  # answered to hang-up
+    answered_at: float | None = field(default=None, repr=False)  # loop time
+    _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def finished(self) -> OutboundCall:
+        """Wait (no polling) until the call has a final status: completed, busy, no-answer or
+        failed."""
+        await self._ended.wait()
+        return self
+
+    def end(self, status: str, sip_status: int | None = None, reason: str = "") -> None:
+        """Give the call its final status (once: later reports are ignored)."""
+        if self.status in FINAL:
+            return
+        self.status, self.reason = status, reason or self.reason
+        if sip_status is not None:
+            self.sip_status = sip_status
+        self._ended.set()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -85,6 +109,10 @@ class OutboundCall:
             "sip_status": self.sip_status,
             "reason": self.reason,
             "record_id": self.record_id,
+            "variables": self.variables,
+            "collected": self.collected,
+            "amd": self.amd,
+            "duration_s": self.duration_s,
         }
 
 
@@ -170,8 +198,11 @@ class SipFront:
         if self._events is not None:
             self._events.cancel()
         for active in list(self._active.values()):
+            self._stop_ringing(active)
             if active.call is not None:
                 active.call.hangup("shutdown")
+            elif active.outbound is not None:
+                active.outbound.end("failed", reason="shutdown")
             self.endpoint.hangup(active.sip_id)
         await asyncio.gather(*(client.stop() for client in self._registrations))
         await self.endpoint.close()
@@ -184,9 +215,17 @@ class SipFront:
     # --- outbound ---------------------------------------------------------------------------
 
     def dial(
-        self, to: str, *, from_user: str | None = None, dialplan: str | None = None
+        self,
+        to: str,
+        *,
+        from_user: str | None = None,
+        dialplan: str | None = None,
+        variables: dict[str, str] | None = None,
+        ring_timeout_s: float | None = None,
     ) -> OutboundCall:
-        """Place a call that runs ``dialplan`` when answered; raises :class:`DialRefused`."""
+        """Place a call that runs ``dialplan`` (with ``variables``) when answered, cancelled
+        after ``ring_timeout_s`` (default: the front's) unanswered; raises
+        :class:`DialRefused`."""
         if not self._destinations.allows(to):
             raise DialRefused(403, f"destination {to!r} is not allowed by sip.outbound_targets")
         plan = self._dialplan(dialplan or self.bridge.config.dialog.default_dialplan)
@@ -196,10 +235,12 @@ class SipFront:
             sip_id = self.endpoint.call(to, from_user=from_user or self.config.outbound_from)
         except PortsExhausted as exc:
             raise DialRefused(503, str(exc)) from None
-        out = OutboundCall(uuid.uuid4().hex[:12], to, plan.name)
+        out = OutboundCall(uuid.uuid4().hex[:12], to, plan.name, variables=dict(variables or {}))
         active = _Active(sip_id, outbound=out)
         active.ring_timer = asyncio.get_running_loop().call_later(
-            self.ring_timeout_s, self.endpoint.cancel, sip_id
+            self.ring_timeout_s if ring_timeout_s is None else ring_timeout_s,
+            self.endpoint.cancel,
+            sip_id,
         )
         self._active[sip_id] = active
         self._outbound[out.id] = out
@@ -233,16 +274,13 @@ class SipFront:
         elif isinstance(event, CallAnswered) and out is not None:
             self._stop_ringing(active)
             out.status, out.sip_status = "answered", 200
+            out.answered_at = asyncio.get_running_loop().time()
             self._start_call(
                 active, event.media, event.local_rtp_port, self._dialplan(out.dialplan)
             )
         elif isinstance(event, CallFailed) and out is not None:
             self._stop_ringing(active)
-            out.status, out.sip_status, out.reason = (
-                outcome(event.status),
-                event.status,
-                event.reason,
-            )
+            out.end(outcome(event.status), event.status, event.reason)
             del self._active[event.call_id]
         elif isinstance(event, CallEnded):
             self._on_ended(active, event.reason)
@@ -267,7 +305,23 @@ class SipFront:
         active = _Active(event.call_id)
         self._active[event.call_id] = active
         source = f"{event.source.host}:{event.source.port}"
-        self._start_call(active, event.media, event.local_rtp_port, plan, event.answer, source)
+        start = functools.partial(
+            self._start_call, active, event.media, event.local_rtp_port, plan, event.answer, source
+        )
+        if self.config.answer_delay_ms <= 0:
+            start()
+            return
+        # Ringing (180 is out): a CANCEL now ends it in _on_ended, before any call or record
+        # exists, as with a phone nobody picked up.
+        active.ring_timer = asyncio.get_running_loop().call_later(
+            self.config.answer_delay_ms / 1000, self._answer_ringing, active, start
+        )
+
+    def _answer_ringing(self, active: _Active, start: Callable[[], None]) -> None:
+        """The ring delay is over: answer, unless the caller cancelled meanwhile."""
+        active.ring_timer = None
+        if self._active.get(active.sip_id) is active:
+            start()
 
     def _route(self, event: IncomingCall) -> Dialplan:
         """The dialplan for the called user (Request-URI user, else To user): the operator's
@@ -299,6 +353,7 @@ class SipFront:
             output_rate=G711_RATE,
             notify=lambda message: self._on_notify(active, message),
             remote=remote or f"{media.remote_addr}:{media.remote_port}",
+            variables=active.outbound.variables if active.outbound is not None else None,
         )
         active.call = call
         if active.outbound is not None:
@@ -317,6 +372,8 @@ class SipFront:
             log.error("call %s: cannot bind RTP port %d: %s", call.call_id, leg.port, exc)
             self.bridge.abandon_call(call, "setup-failed")
             self._active.pop(active.sip_id, None)
+            if active.outbound is not None:
+                active.outbound.end("failed", reason="setup-failed")
             if answer is not None:
                 self.endpoint.reject(active.sip_id, 503)
             else:
@@ -333,14 +390,28 @@ class SipFront:
             self.bridge.forget_call(call)
             self._active.pop(active.sip_id, None)
             if active.outbound is not None:
-                active.outbound.status = "completed"
+                self._completed(active.outbound, call)
 
     def _on_ended(self, active: _Active, reason: str) -> None:
         self._stop_ringing(active)
         if active.call is not None:
             active.call.hangup(reason.replace(" ", "-"))
         else:
+            log.info("SIP call %s ended before answer: %s", active.sip_id, reason)
             self._active.pop(active.sip_id, None)
+            if active.outbound is not None:
+                active.outbound.end("failed", reason=reason)
+
+    @staticmethod
+    def _completed(out: OutboundCall, call: Call) -> None:
+        """An answered outbound call ended: report what its dialplan collected."""
+        if isinstance(call.dialog, FlowDialog):
+            out.collected = call.dialog.collected()
+        amd = out.collected.get("amd")
+        out.amd = str(amd["result"]) if isinstance(amd, dict) and "result" in amd else None
+        if out.answered_at is not None:
+            out.duration_s = round(asyncio.get_running_loop().time() - out.answered_at, 3)
+        out.end("completed")
 
     def _stop_ringing(self, active: _Active) -> None:
         if active.ring_timer is not None:

@@ -40,6 +40,7 @@ from bridge.media.g711 import Codec, codec_by_name
 from bridge.media.jitter import JitterBuffer
 from bridge.media.playout import PlayoutClock
 from bridge.media.rtp import RtpError, RtpPacket, RtpPacketizer
+from bridge.sip.rtcp_session import FIRST_AFTER_S, INTERVAL_S, RtcpSession
 from bridge.sip.sdp import NegotiatedMedia
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class RtpSession:
         )
         self._dtmf = DtmfReceiver()
         self._packetizer = RtpPacketizer(media.payload_type)
+        self.rtcp = RtcpSession(
+            self._packetizer, media.clock_rate, lambda: self._jitter.stats.jitter_ms / 1000
+        )
+        self._rtcp_remote: tuple[str, int] | None = None
         self._pending = np.empty(0, np.int16)
         self._last_heard = now
         self.media = media
@@ -93,6 +98,7 @@ class RtpSession:
         address = (media.remote_addr, media.remote_port)
         if address != (self.media.remote_addr, self.media.remote_port):
             self.remote, self.latched = address, False
+            self._rtcp_remote = None
         if media.may_send and not self.media.may_send:
             self._packetizer.start_talkspurt()
         if media.direction in _RECEIVING and self.media.direction not in _RECEIVING:
@@ -118,6 +124,7 @@ class RtpSession:
             self.remote, self.latched = source, True
         self.counters.received += 1
         self._last_heard = now
+        self.rtcp.rtp_received(packet)
         if pt == self.media.payload_type:
             self._jitter.push(packet, now)
             return None
@@ -142,16 +149,34 @@ class RtpSession:
         rate = self.media.clock_rate
         if frame.sample_rate != rate:
             raise ValueError(f"bot frame at {frame.sample_rate} Hz, RTP runs at {rate}")
-        self._pending = np.concatenate([self._pending, frame.samples])
         size = rate * self.media.ptime // 1000
-        if self._pending.size < size:
-            return None
-        samples, self._pending = self._pending[:size], self._pending[size:]
+        samples = frame.samples
+        if self._pending.size or samples.size != size:  # ptime is not the 20 ms frame
+            self._pending = np.concatenate([self._pending, samples])
+            if self._pending.size < size:
+                return None
+            samples, self._pending = self._pending[:size], self._pending[size:]
         if not self.media.may_send:
             self._packetizer.advance(size)
             return None
         self.counters.sent += 1
-        return self._packetizer.packetize(self._codec.encode(samples), size).serialize()
+        payload = self._codec.encode(samples)
+        self.rtcp.rtp_sent(len(payload))
+        return self._packetizer.packetize_bytes(payload, size)
+
+    def rtcp_received(self, data: bytes, source: tuple[str, int], wall: float, now: float) -> None:
+        """Take an RTCP datagram: only the media peer's host is heard, and the port it sends
+        from is where our reports go (symmetric, as for RTP)."""
+        if source[0] != self.remote[0]:
+            self.rtcp.counters.ignored += 1
+            return
+        self._rtcp_remote = source
+        self.rtcp.received(data, wall, now)
+
+    @property
+    def rtcp_remote(self) -> tuple[str, int]:
+        """Where reports go: the peer's RTCP source once heard, else its RTP port + 1."""
+        return self._rtcp_remote or (self.remote[0], self.remote[1] + 1)
 
     def timed_out(self, now: float) -> bool:
         """No RTP for too long while the peer is meant to send (hold does not count)."""
@@ -161,7 +186,8 @@ class RtpSession:
     def stats(self) -> dict[str, object]:
         jitter = asdict(self._jitter.stats)
         jitter = {k: round(v, 1) if isinstance(v, float) else v for k, v in jitter.items()}
-        return {"codec": self.media.codec, **asdict(self.counters), "jitter": jitter}
+        counters = asdict(self.counters)
+        return {"codec": self.media.codec, **counters, "jitter": jitter, "rtcp": self.rtcp.stats()}
 
 
 def _codec(media: NegotiatedMedia) -> Codec:
@@ -172,11 +198,11 @@ def _codec(media: NegotiatedMedia) -> Codec:
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, leg: RtpLeg) -> None:
-        self.leg = leg
+    def __init__(self, received: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.received = received
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.leg.received(data, (addr[0], addr[1]))
+        self.received(data, (addr[0], addr[1]))
 
 
 class MediaClock:
@@ -227,20 +253,32 @@ class RtpLeg:
         self.host, self.port = host, port
         self.session = RtpSession(media, time.monotonic(), settings)
         self.lateness: deque[float] = deque(maxlen=15_000)
-        """Seconds each recent send came after its tick's deadline."""
+        """Seconds each recent packet left after its tick's deadline."""
         self.skipped = 0
         """Ticks the shared clock dropped (after stalls) while this leg was on it."""
         self._clock = clock
         self._transport: asyncio.DatagramTransport | None = None
+        self._rtcp: asyncio.DatagramTransport | None = None
+        self._next_report = time.monotonic() + FIRST_AFTER_S
         self._finished: asyncio.Future[None] | None = None
         call.metrics.extra["rtp"] = self.stats
 
     async def start(self) -> None:
-        """Bind the port the SDP answer announced (before answering, so no packet is lost)."""
+        """Bind the port the SDP answer announced (before answering, so no packet is lost),
+        and the one above it for RTCP, which the call can do without if it is taken."""
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self), local_addr=(self.host, self.port)
+            lambda: _Datagrams(self.received), local_addr=(self.host, self.port)
         )
+        try:
+            self._rtcp, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self.rtcp_received), local_addr=(self.host, self.port + 1)
+            )
+        except OSError as exc:
+            log.warning("call %s: no RTCP on port %d: %s", self.call.call_id, self.port + 1, exc)
+
+    def rtcp_received(self, data: bytes, source: tuple[str, int]) -> None:
+        self.session.rtcp_received(data, source, time.time(), time.monotonic())
 
     def received(self, data: bytes, source: tuple[str, int]) -> None:
         digit = self.session.receive(data, source, time.monotonic())
@@ -266,13 +304,16 @@ class RtpLeg:
         self.skipped += skipped
         try:
             packet = self.session.outbound(self.call.pull_bot_frame)
-            self.lateness.append(time.monotonic() - deadline)
             if packet is not None and self._transport is not None:
                 self._transport.sendto(packet, self.session.remote)
+            self.lateness.append(time.monotonic() - deadline)
         except Exception:
             self._fail()
 
     def receive_tick(self, now: float) -> None:
+        if now >= self._next_report:
+            self._next_report = now + INTERVAL_S
+            self._send_report(now)
         try:
             self.call.feed_caller_audio(self.session.caller_audio(now))
             if self.session.timed_out(now):
@@ -293,7 +334,17 @@ class RtpLeg:
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 
+    def _send_report(self, now: float, *, bye: bool = False) -> None:
+        if self._rtcp is not None:
+            report = self.session.rtcp.report(time.time(), now, bye=bye)
+            self._rtcp.sendto(report, self.session.rtcp_remote)
+
     def close(self) -> None:
+        if self._rtcp is not None:
+            with contextlib.suppress(Exception):
+                self._send_report(time.monotonic(), bye=True)
+                self._rtcp.close()
+            self._rtcp = None
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 self._transport.close()

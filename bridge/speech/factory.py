@@ -6,6 +6,7 @@ keeps a call talking when a ``dashscope`` provider fails mid-call.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from bridge.config import ConfigError, SpeechConfig
 from bridge.speech.base import ASR, TTS
 from bridge.speech.dashscope import (
+    Apology,
     ApologyTTS,
     CosyVoiceParams,
     CosyVoiceTTS,
@@ -30,6 +32,8 @@ from bridge.speech.local.piper import PiperTTS
 from bridge.speech.local.runtime import LocalRuntime, RuntimeConfig
 from bridge.speech.local.whisper import WhisperASR, WhisperSettings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class SpeechEngines:
@@ -42,6 +46,15 @@ class SpeechEngines:
     @property
     def prompt_tts(self) -> TTS:
         return self.embedded_tts or self.tts
+
+    async def warm(self) -> None:
+        """Open the cloud voice's sockets (and start its first task) now, so the first call's
+        first packet pays no handshake; a service that cannot be reached is only logged, as
+        calls fall back without it."""
+        tts = self.tts.primary if isinstance(self.tts, FallbackTTS) else self.tts
+        if isinstance(tts, CosyVoiceTTS):
+            await tts.warm()
+            log.info("CosyVoice: %d warm socket(s) ready", tts.ready_sockets)
 
 
 async def build_engines(config: SpeechConfig) -> SpeechEngines:
@@ -107,7 +120,11 @@ async def with_providers(
     asr, tts = embedded.asr, embedded.tts
     try:
         if config.asr.provider == "dashscope":
-            asr = FallbackASR(_cloud_asr(config, settings), embedded.asr, retries)
+            policy = section.fallback
+            apology = None
+            if policy.policy == "apology":
+                apology = Apology(policy.apology, hang_up=policy.hang_up_after_apology)
+            asr = FallbackASR(_cloud_asr(config, settings), embedded.asr, retries, apology=apology)
         if config.tts.provider == "dashscope":
             fallback = embedded.tts
             if section.fallback.policy == "apology":

@@ -2,8 +2,10 @@
 
 aiortc pulls outbound frames as fast as ``recv()`` returns them, so the track itself is the
 pacing point: it waits for the next tick of a drift-free 20 ms clock, then asks the call for
-exactly one frame. Inbound frames arrive decoded (Opus → 48 kHz, often stereo) and are reduced
-to mono before the call sees them.
+exactly one frame. While the bot is silent, speech arriving between ticks goes out at once on a
+fresh grid, so a turn's first frame does not wait for the silent grid's next tick. Inbound
+frames arrive decoded (Opus → 48 kHz, often stereo) and are reduced to mono before the call
+sees them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import time
 
 import av
 import numpy as np
@@ -41,13 +44,27 @@ class BotAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        await self._clock.wait_next()
+        await self._next_tick()
         frame = self._call.pull_bot_frame()
         out = av.AudioFrame.from_ndarray(frame.samples.reshape(1, -1), format="s16", layout="mono")
         out.sample_rate = frame.sample_rate
         out.pts = frame.timestamp
         out.time_base = fractions.Fraction(1, frame.sample_rate)
         return out
+
+    async def _next_tick(self) -> None:
+        playout = self._call.playout
+        delay = self._clock.time_to_next(time.monotonic())
+        if delay > 0 and not playout.speaking:
+            try:
+                async with asyncio.timeout(delay):
+                    await playout.wait_for_start()  # at once if speech is already queued
+                self._clock.restart(time.monotonic())  # a talkspurt starts now
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(delay)
+        self._clock.tick(time.monotonic())
 
 
 def to_mono(frame: av.AudioFrame) -> AudioFrame:

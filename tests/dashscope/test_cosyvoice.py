@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from bridge.emulator.faults import Faults
 from bridge.emulator.server import Emulator
 from bridge.speech.base import text_once
 from bridge.speech.dashscope.settings import DashScopeSettings
@@ -58,13 +60,41 @@ async def test_connection_is_reused_with_new_task_ids(
     await tts.aclose()
 
 
-async def test_barge_in_cancels_and_socket_is_reused(settings: DashScopeSettings) -> None:
+async def test_barge_in_before_finish_task_cancels_and_reuses_the_socket(
+    settings: DashScopeSettings,
+) -> None:
+    async def slow_text():
+        yield "A long sentence with many many words in it. " * 5
+        await asyncio.sleep(10)  # the rest is not in yet: no finish-task sent
+        yield "End."
+
     tts = CosyVoiceTTS(settings, pool_size=1)
-    stream = tts.synthesize(text_once("A long sentence with many many words in it. " * 5))
+    stream = tts.synthesize(slow_text())
     first = await anext(stream)
     assert first.audio.num_samples > 0
     await stream.aclose()
     await asyncio.gather(*tts._background)
+    (conn,) = tts.pool._idle
+    assert [c async for c in tts.synthesize(text_once("Next."))]
+    assert conn.protocol.tasks_run == 2  # the cancelled task's socket spoke the next turn
+    await tts.aclose()
+
+
+async def test_barge_in_after_finish_task_closes_the_socket_at_once(
+    emulator: Emulator, settings: DashScopeSettings
+) -> None:
+    """With finish-task out, the service would generate the whole turn: only closing stops it."""
+    emulator.faults = Faults(rtf=1.0)  # real-time pacing: still generating at the barge-in
+    tts = CosyVoiceTTS(settings, pool_size=1)
+    stream = tts.synthesize(text_once("A long sentence with many many words in it. " * 5))
+    assert (await anext(stream)).audio.num_samples > 0
+    cancelled_at = time.monotonic()
+    await stream.aclose()
+    while emulator.last_disconnect < cancelled_at:
+        await asyncio.sleep(0.005)
+    assert emulator.last_disconnect - cancelled_at < 0.1
+    await asyncio.gather(*tts._background)
+    assert all(c.protocol.tasks_run == 0 for c in tts.pool._idle)  # not pooled: a fresh one
     assert [c async for c in tts.synthesize(text_once("Next."))]
     await tts.aclose()
 
@@ -104,12 +134,14 @@ async def test_next_task_is_started_ahead(settings: DashScopeSettings) -> None:
     await tts.aclose()
 
 
-async def test_unused_task_started_ahead_is_cancelled(settings: DashScopeSettings) -> None:
+async def test_unused_task_started_ahead_is_replaced(settings: DashScopeSettings) -> None:
+    """Cancelled before the server's text-gap limit and started afresh: the socket stays warm."""
     tts = CosyVoiceTTS(settings, pool_size=1, text_gap_limit=0.1, start_ahead=True)
     await tts.warm()
-    assert len(tts._started) == 1
-    await asyncio.sleep(0.2)
+    (first,) = tts._started
+    await asyncio.sleep(0.25)
     await asyncio.gather(*tts._background)
-    assert not tts._started and tts.pool._idle[0].protocol.reusable
+    (conn,) = tts._started
+    assert conn is first and conn.protocol.tasks_run >= 2 and tts.ready_sockets == 1
     assert [c async for c in tts.synthesize(text_once("Still fine."))]
     await tts.aclose()

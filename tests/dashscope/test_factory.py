@@ -12,6 +12,7 @@ from bridge.emulator.faults import Faults
 from bridge.emulator.server import Emulator
 from bridge.speech.base import text_once
 from bridge.speech.dashscope import (
+    Apology,
     ApologyTTS,
     CosyVoiceTTS,
     FallbackASR,
@@ -101,6 +102,7 @@ async def test_builds_the_configured_clients(
     assert isinstance(engines.asr, FallbackASR) and isinstance(engines.asr.primary, QwenASR)
     assert isinstance(engines.tts, FallbackTTS) and isinstance(engines.tts.primary, QwenTTS)
     assert isinstance(engines.tts.fallback, ApologyTTS)
+    assert engines.asr.apology == Apology(config.dashscope.fallback.apology, hang_up=False)
     assert engines.tts.sample_rate == 24000
 
     config.dashscope.tts.model = "cosyvoice-v3-flash"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterable, AsyncIterator
 
 import numpy as np
@@ -29,11 +30,18 @@ class ToneTTS(TTS):
             self.texts.append(piece)
             for word in piece.split():
                 n = self.sample_rate * MS_PER_CHAR * (len(word) + 1) // 1000
-                t = np.arange(n) / self.sample_rate
-                samples = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+                samples = _word_tone(self.sample_rate, n)
                 yield SpeechChunk(AudioFrame(samples, self.sample_rate, timestamp), word)
                 timestamp += n
                 await asyncio.sleep(0)
+
+
+@functools.cache
+def _word_tone(rate: int, n: int) -> np.ndarray:
+    """Canned audio, so load tests measure the media path rather than this fake."""
+    samples = (8000 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.int16)
+    samples.flags.writeable = False
+    return samples
 
 
 class FixedASR(ASR):

@@ -1,8 +1,7 @@
 """The conformance checks of the protocol reference (§13), one table row each.
 
 Run against the live emulator with raw WebSocket traffic (so the server side is checked) and,
-where the check is about clients, against our sans-I/O client code. Checks 1–24 are here;
-check 25 (Qwen-Omni barge-in) has no row because Omni is neither a client nor emulated yet.
+where the check is about clients, against our sans-I/O client code.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from bridge.speech.dashscope import task_protocol as tp
 from bridge.speech.dashscope.asr import sentence_transcript
 from bridge.speech.dashscope.errors import ProtocolError, TaskFailedError
 from bridge.speech.dashscope.metrics import StreamMetrics
+from bridge.speech.dashscope.omni import AnswerEnded, BargeIn, OmniReader
 from tests.emulator.conftest import KEY
 from tests.emulator.fakes import FixedASR, ToneTTS, tone
 
@@ -381,8 +381,42 @@ async def check_24(emu: Emulator) -> None:
     await ws.close()
 
 
+async def check_25(emu: Emulator) -> None:
+    emu.faults = Faults(rtf=1.0)  # answers are spoken at real time: there is time to cut in
+    emu.omni_reply = "A long answer that the caller will not wait for. " * 4
+    ws, _ = await realtime(emu, "qwen3-omni-flash-realtime")
+    await send(ws, "session.update", session={"turn_detection": {"type": "server_vad"}})
+    await until(ws, "session.updated")
+    for data in SPEECH:
+        await send(ws, "input_audio_buffer.append", audio=base64.b64encode(data).decode())
+    answering = await until(ws, "response.audio.delta")
+    for data in SPEECH[:6]:  # the caller talks over the answer
+        await send(ws, "input_audio_buffer.append", audio=base64.b64encode(data).decode())
+    cut = await until(ws, "response.done")
+    await ws.close()
+    types = [e["type"] for e in cut]
+    assert "input_audio_buffer.speech_started" in types
+    assert cut[-1]["response"]["status"] in ("cancelled", "incomplete")
+    assert types.index("input_audio_buffer.speech_started") < types.index("response.done")
+    # The client drops queued playback at speech_started and accepts either status.
+    for status in ("cancelled", "incomplete"):
+        reader = OmniReader(StreamMetrics())
+        notes = []
+        for event in answering + cut:
+            if event["type"] == "response.done":
+                event = {**event, "response": {**event["response"], "status": status}}
+            notes += reader.on_event(event, 0.0)
+        barge_in, ended = notes[-2:]
+        assert isinstance(barge_in, BargeIn) and barge_in.dropped_s > 0
+        assert isinstance(ended, AnswerEnded) and ended.status == status
+        assert reader.pop() is None  # audio still arriving for the cut answer is not queued
+    failed = {"type": "response.done", "response": {"id": "r", "status": "failed"}}
+    with pytest.raises(TaskFailedError):
+        OmniReader(StreamMetrics()).on_event(failed, 0.0)
+
+
 CHECKS: list[tuple[int, Callable[[Emulator], Awaitable[None]]]] = [
-    (n, globals()[f"check_{n:02d}"]) for n in range(1, 25)
+    (n, globals()[f"check_{n:02d}"]) for n in range(1, 26)
 ]
 
 

@@ -204,3 +204,56 @@ async def test_sdk_qwen_tts_realtime(emu: Emulator, mode: str) -> None:
     assert collect.types.index("response.audio.done") < collect.types.index("response.done")
     heard = await transcribe(emu.asr, pcm(bytes(collect.audio)), 24000)
     assert words(heard) == words(PHRASE)
+
+
+@pytest.mark.parametrize("vad", [True, False])
+async def test_sdk_omni_conversation_hears_and_answers(emu: Emulator, vad: bool) -> None:
+    from dashscope.audio.qwen_omni import MultiModality, OmniRealtimeCallback
+    from dashscope.audio.qwen_omni.omni_realtime import OmniRealtimeConversation
+
+    class Collect(OmniRealtimeCallback):
+        def __init__(self) -> None:
+            self.events: list[dict] = []
+            self.audio = bytearray()
+            self.answered = threading.Event()
+
+        def on_event(self, message: dict) -> None:
+            self.events.append(message)
+            if message["type"] == "response.audio.delta":
+                self.audio += base64.b64decode(message["delta"])
+            if message["type"] == "response.done":
+                self.answered.set()
+
+    samples, rate = await speech(emu.tts, PHRASE)
+    caller = convert(samples, rate, 16000)
+    caller = np.concatenate([caller, np.zeros(16000 * 3 // 2, np.int16)]).tobytes()
+    collect = Collect()
+
+    def run() -> None:
+        conversation = OmniRealtimeConversation(
+            "qwen3-omni-flash-realtime", collect, url=emu.realtime_url
+        )
+        conversation.connect()
+        conversation.update_session(
+            output_modalities=[MultiModality.AUDIO, MultiModality.TEXT],
+            voice="Cherry",
+            enable_turn_detection=vad,
+        )
+        for at in range(0, len(caller), 3200):
+            conversation.append_audio(base64.b64encode(caller[at : at + 3200]).decode())
+        if not vad:
+            conversation.commit()
+            conversation.create_response()
+        assert collect.answered.wait(60)
+        conversation.end_session()
+        conversation.close()
+
+    await asyncio.to_thread(run)
+    types = [e["type"] for e in collect.events]
+    assert types[0] == "session.created" and types[-1] == "session.finished"
+    (heard,) = [e for e in collect.events if e["type"].endswith("transcription.completed")]
+    assert words(heard["transcript"]) == words(PHRASE)
+    (done,) = [e for e in collect.events if e["type"] == "response.done"]
+    assert done["response"]["status"] == "completed"
+    answer = await transcribe(emu.asr, pcm(bytes(collect.audio)), 24000)
+    assert words(answer) == words("You said: " + PHRASE)

@@ -163,3 +163,18 @@ def test_packetizer_random_start_and_round_trip() -> None:
     packetizer = RtpPacketizer(8)
     packet = packetizer.packetize(b"abc", 3)
     assert RtpPacket.parse(packet.serialize()) == packet
+
+
+def test_packetize_bytes_is_packetize_then_serialize() -> None:
+    fast, slow = (
+        RtpPacketizer(8, ssrc=9, sequence_number=65535, timestamp=2**32 - 160) for _ in "ab"
+    )
+    for i in range(3):
+        if i == 2:  # the first packet carries the marker, then one after a talk-spurt start
+            fast.start_talkspurt()
+            slow.start_talkspurt()
+        assert (
+            fast.packetize_bytes(bytes([i]) * 160, 160)
+            == slow.packetize(bytes([i]) * 160, 160).serialize()
+        )
+    assert (fast.sequence_number, fast.timestamp) == (2, 320)

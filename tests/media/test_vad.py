@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -143,6 +144,16 @@ def test_silero_ignores_noise_that_webrtc_mistakes_for_speech() -> None:
     audio = np.concatenate((np.zeros(16000), noise)).astype(np.int16)
     assert run(Vad(16000, "silero"), audio) == []
     assert run(Vad(16000, "webrtc"), audio)[0] == SpeechStarted(1000)
+
+
+def test_silero_spends_only_the_calling_threads_cpu(speech: tuple[np.ndarray, int]) -> None:
+    """A window is ~0.5 ms of work: spreading it over helper threads only burns CPU."""
+    audio = scene(speech, 16000)
+    vad = Vad(16000, "silero")
+    own, everyone = time.thread_time(), time.process_time()
+    run(vad, audio)
+    own, everyone = time.thread_time() - own, time.process_time() - everyone
+    assert everyone < own * 1.25 + 0.02
 
 
 def test_probability_and_validation() -> None:

@@ -84,6 +84,11 @@ async def test_baresip_hears_greeting_and_answer(
     assert "monday to friday" in heard, heard
     (folder,) = await wait_for_records(running.records)
     assert "opening hours" in caller_text(folder).lower()
+    # baresip sends RTCP: its reports on our stream echo our sender reports (RTT) and loss.
+    rtcp = summary(folder)["metrics"]["rtp"]["rtcp"]  # type: ignore[index]
+    assert rtcp["sent"] >= 4 and rtcp["received"] >= 2 and rtcp["ignored"] == 0, rtcp
+    assert rtcp["rtt_ms"] is not None and 0 <= rtcp["rtt_ms"] < 100, rtcp
+    assert rtcp["peer_cumulative_lost"] == 0, rtcp
 
 
 INFO_DTMF = in_dialog(
@@ -189,6 +194,16 @@ async def test_at_capacity_gets_503_with_retry_after(
     check = expect_header("Retry-After", "^ *17$", "checked")
     result = await run_sipp("-sf", str(_refused(tmp_path, 503, check)), f"127.0.0.1:{running.port}")
     assert result.returncode == 0, result.output
+
+
+async def test_cancel_while_ringing_creates_no_call(sip_bridge: StartBridge) -> None:
+    running = await sip_bridge(answer_delay_ms=500)
+    target = f"127.0.0.1:{running.port}"
+    result = await run_sipp("-sf", str(SCENARIOS / "cancel.xml"), "-s", "bot", target)
+    assert result.returncode == 0, result.output  # 180, then 200 to the CANCEL and 487
+    await asyncio.sleep(0.7)  # past the answer delay: nothing answers late
+    assert running.bridge.calls == {} and not list(running.records.glob("*"))
+    assert running.front.endpoint.agent.config.rtp_ports.in_use == 0
 
 
 async def test_unknown_route_gets_404(sip_bridge: StartBridge, tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ async def test_dial_cli_call_answered_then_bot_hangs_up(
     cli = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge.cli", "dial", f"sip:callee@127.0.0.1:{port}",
         "--dialplan", "customer-service", "--server", running.http, "--wait", "60",
+        "--var", "name=Ann Lee", "--var", "tier=gold",
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await asyncio.wait_for(cli.communicate(), 90)
@@ -71,6 +72,8 @@ async def test_dial_cli_call_answered_then_bot_hangs_up(
     seen = [s.get("status") for s in states]
     assert "answered" in seen and seen[-1] == "completed", seen
     assert states[-1]["sip_status"] == 200
+    assert states[-1]["variables"] == {"name": "Ann Lee", "tier": "gold"}
+    assert states[-1]["duration_s"] > 0 and isinstance(states[-1]["collected"], dict)
 
     result = await finish(sipp)
     assert result.returncode == 0, result.output  # sipp got our BYE
@@ -107,3 +110,5 @@ async def test_destination_outside_the_allow_list_is_refused(sip_bridge: StartBr
     assert status == 400
     status, _ = await _post(running.http, {"to": "sip:x@127.0.0.1:5999", "dialplan": "nope"})
     assert status == 404
+    status, body = await _post(running.http, {"to": "sip:x@127.0.0.1:5999", "variables": [1]})
+    assert status == 400 and "variables" in body["error"]

@@ -7,10 +7,20 @@ import itertools
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from bridge.media.dtmf import DtmfSender
 from bridge.media.frame import AudioFrame
 from bridge.media.g711 import ulaw_encode
+from bridge.media.rtcp import (
+    ReceiverReport,
+    SenderReport,
+    SourceDescription,
+    middle32,
+    ntp_timestamp,
+    parse,
+    serialize,
+)
 from bridge.media.rtp import RtpPacket, RtpPacketizer
 from bridge.sip.rtp_session import MediaClock, RtpSession, RtpSettings
 from bridge.sip.sdp import NegotiatedMedia
@@ -61,6 +71,32 @@ def test_audio_goes_through_the_jitter_buffer_to_the_caller() -> None:
     assert all(f.num_samples == 160 and f.sample_rate == 8000 for f in heard)
     assert heard[0].rms() == 0  # silence while the buffer fills
     assert heard[-1].rms() > 5000
+
+
+def test_rtcp_reports_what_we_heard_and_learns_the_round_trip() -> None:
+    session = _session()
+    caller = RtpPacketizer(0, ssrc=77, sequence_number=65530)
+    for tick in range(10):
+        if tick != 4:  # one packet lost
+            session.receive(_audio(caller), NAT_ADDR, tick * 0.02)
+        else:
+            caller.packetize(b"", 160)
+        session.outbound(_bot)
+    (sr, sdes) = parse(session.rtcp.report(wall=1000.0, now=0.2))
+    assert isinstance(sr, SenderReport) and (sr.packets, sr.octets) == (10, 1600)
+    assert sr.ntp == ntp_timestamp(1000.0) and isinstance(sdes, SourceDescription)
+    (block,) = sr.reports
+    assert (block.ssrc, block.cumulative_lost, block.highest_seq) == (77, 1, 65530 + 9)
+    assert block.fraction_lost == 256 // 10
+    # The caller echoes our SR's time 50 ms later, having held it 20 ms: a 30 ms round trip.
+    echo = replace(block, ssrc=sr.ssrc, lsr=middle32(sr.ntp), dlsr=65536 * 20 // 1000)
+    reply = serialize([ReceiverReport(77, (echo,)), SourceDescription(77, "caller")])
+    session.rtcp_received(reply, ("127.0.0.2", 9), wall=1000.05, now=0.25)  # another host
+    session.rtcp_received(reply, (NAT_ADDR[0], 45679), wall=1000.05, now=0.25)
+    stats = session.rtcp.stats()
+    assert stats["rtt_ms"] == pytest.approx(30, abs=0.1)
+    assert (stats["received"], stats["ignored"], stats["peer_cumulative_lost"]) == (1, 1, 1)
+    assert session.rtcp_remote == (NAT_ADDR[0], 45679)
 
 
 def test_telephone_events_become_digits_once_per_key_press() -> None:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import threading
 import time
 
 import numpy as np
@@ -107,16 +109,18 @@ def spy_decodes(asr: WhisperASR, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     lengths: list[int] = []
     transcribe = asr.transcribe
 
-    async def spy(samples: np.ndarray, language: str = "en") -> Recognition:
+    async def spy(
+        samples: np.ndarray, language: str = "en", *, partial: bool = False
+    ) -> Recognition:
         lengths.append(len(samples))
-        return await transcribe(samples, language)
+        return await transcribe(samples, language, partial=partial)
 
     monkeypatch.setattr(asr, "transcribe", spy)
     return lengths
 
 
-def words(transcript: Transcript) -> list[str]:
-    return [w.strip(".,?!").lower() for w in transcript.text.split()]
+def words(result: Transcript | Recognition) -> list[str]:
+    return [w.strip(".,?!").lower() for w in result.text.split()]
 
 
 def finals(results: list[Transcript]) -> list[Transcript]:
@@ -231,6 +235,36 @@ async def test_a_short_pause_keeps_one_utterance_and_discards_the_speculative_de
     assert {"hello", "opening", "hours"} <= set(words(results[0]))
     assert len(decoded) == 2  # one speculative decode in the pause, thrown away
     assert decoded[0] < decoded[1]
+
+
+@pytest.mark.slow
+async def test_a_final_decode_never_waits_for_a_partial(asr: WhisperASR, tts: PiperTTS) -> None:
+    speech = await say(tts, QUESTION)
+    release = threading.Event()
+    partial = asyncio.ensure_future(asr.runtime.partial_pool.run(release.wait))
+    try:
+        final = await asyncio.wait_for(asr.transcribe(speech), 60)
+        assert not partial.done()
+    finally:
+        release.set()
+        await partial
+    assert {"opening", "hours"} <= set(words(final))
+
+
+@pytest.mark.slow
+async def test_partials_decode_at_a_lower_priority(asr: WhisperASR, tts: PiperTTS) -> None:
+    runtime = asr.runtime
+    speech = await say(tts, QUESTION)
+    assert {"opening", "hours"} <= set(words(await asr.transcribe(speech, partial=True)))
+    nice = runtime.config.partial_nice
+    assert nice > 0
+    niced = [tid for tid in os.listdir("/proc/self/task") if _niceness(tid) == nice]
+    assert len(niced) >= 2  # the pool's worker and the threads its model started
+
+
+def _niceness(tid: str) -> int:
+    with open(f"/proc/self/task/{tid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
 
 
 @pytest.mark.slow

@@ -9,14 +9,16 @@ from bridge.speech.dashscope.errors import (
     RateLimitError,
     TaskFailedError,
 )
-from bridge.speech.dashscope.fallback import ApologyTTS, FallbackASR, FallbackTTS
+from bridge.speech.dashscope.fallback import Apology, ApologyTTS, FallbackASR, FallbackTTS
 from bridge.speech.dashscope.metrics import StreamMetrics
+from bridge.speech.dashscope.omni import OmniParams, OmniSession
 from bridge.speech.dashscope.qwen_asr import QwenASR, QwenASRParams
 from bridge.speech.dashscope.qwen_tts import QwenTTS, QwenTTSParams
 from bridge.speech.dashscope.settings import DashScopeSettings
 from bridge.speech.dashscope.tts import CosyVoiceParams, CosyVoiceTTS
 
 __all__ = [
+    "Apology",
     "ApologyTTS",
     "AuthError",
     "ConnectionLostError",
@@ -27,6 +29,8 @@ __all__ = [
     "FallbackASR",
     "FallbackTTS",
     "FunASR",
+    "OmniParams",
+    "OmniSession",
     "ProtocolError",
     "QwenASR",
     "QwenASRParams",

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 
 from bridge.media.frame import AudioFrame
 from bridge.media.resample import Resampler
@@ -120,28 +121,44 @@ def _chars(text: str) -> int:
     return sum(not ch.isspace() for ch in text)
 
 
+@dataclass(frozen=True, slots=True)
+class Apology:
+    """The ``apology`` policy for a recogniser lost mid-call: what the caller hears, and
+    whether the call then ends (else it goes on with the embedded recogniser)."""
+
+    text: str
+    hang_up: bool = False
+
+
 class FallbackASR(ASR):
     """``primary`` (reopened ``retries`` times on :class:`SpeechError`), then ``fallback``.
 
     Audio since the last final transcript (up to ``replay_seconds``) is replayed into the new
-    stream, so the utterance in progress is not lost.
+    stream, so the utterance in progress is not lost. With an ``apology``, a stream that falls
+    back mid-call hands it to its ``on_apology`` (the call says it).
     """
 
     def __init__(
-        self, primary: ASR, fallback: ASR, retries: int = 1, replay_seconds: float = 10.0
+        self,
+        primary: ASR,
+        fallback: ASR,
+        retries: int = 1,
+        replay_seconds: float = 10.0,
+        apology: Apology | None = None,
     ) -> None:
         self.primary, self.fallback, self.retries = primary, fallback, retries
         self.replay_seconds = replay_seconds
+        self.apology = apology
         self.sample_rate = primary.sample_rate
         self.failures: list[SpeechError] = []
 
     async def open_stream(self, language: str = "en") -> ASRStream:
-        stream = _FallbackStream(self, language)
+        stream = FallbackStream(self, language)
         await stream.switch(first=True)
         return stream
 
 
-class _FallbackStream(ASRStream):
+class FallbackStream(ASRStream):
     def __init__(self, owner: FallbackASR, language: str) -> None:
         self.owner, self.language = owner, language
         self.engines = [owner.primary] * (1 + owner.retries) + [owner.fallback]
@@ -154,6 +171,7 @@ class _FallbackStream(ASRStream):
         self.closing = False
         self.opened: list[ASRStream] = []
         self.failures = 0
+        self.on_apology: Callable[[Apology], None] | None = None
 
     @property
     def metrics(self) -> StreamMetrics:
@@ -213,6 +231,9 @@ class _FallbackStream(ASRStream):
                 failed = self.stream
                 await self.switch()
                 await _close_quietly(failed)
+                apology = self.owner.apology
+                if self.attempt == len(self.engines) - 1 and apology and self.on_apology:
+                    self.on_apology(apology)
                 if self.closing:
                     await self.stream.close()
 

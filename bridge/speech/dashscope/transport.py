@@ -107,6 +107,10 @@ class TaskPool:
         self._idle: list[TaskConnection] = []
         self._refills: set[asyncio.Task[None]] = set()
 
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
     async def acquire(self) -> TaskConnection:
         while self._idle:
             conn = self._idle.pop()

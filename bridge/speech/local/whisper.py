@@ -13,7 +13,9 @@ results and decodes it once more when the caller stops. Latency is what the desi
   (2 s of speech: ~0.3 s instead of ~1 s here); the one failure it adds, greedy decoding
   starting the utterance over after its end, is cut off;
 * greedy decoding without timestamps or previous-text conditioning;
-* a partial is skipped, not queued, while the stream's previous one runs or the pool is busy.
+* partials decode at low priority on their own model instance (see ``runtime``), so a final
+  never waits for one; a partial is skipped, not queued, while another one runs, and none
+  starts while the caller seems to pause, as the final decode may be due any moment.
 
 Whisper invents text on noise ("you", "Thank you."), so results judged non-speech are dropped.
 """
@@ -27,7 +29,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import ctranslate2
 import numpy as np
@@ -37,6 +39,9 @@ from bridge.media.frame import AudioFrame
 from bridge.media.vad import SpeechStarted, Vad, VadEvent
 from bridge.speech.base import ASR, ASRStream, SpeechError, Transcript
 from bridge.speech.local.runtime import LocalRuntime, get_runtime
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +153,24 @@ class WhisperASR(ASR):
         )
         return WhisperStream(self, vad, language)
 
-    async def transcribe(self, samples: np.ndarray, language: str = "en") -> Recognition:
-        """Decode one utterance of 16 kHz int16 audio in the ASR pool."""
+    async def transcribe(
+        self, samples: np.ndarray, language: str = "en", *, partial: bool = False
+    ) -> Recognition:
+        """Decode one utterance of 16 kHz int16 audio; a ``partial`` one at low priority."""
+        runtime = self.runtime
+        pool, model = (
+            (runtime.partial_pool, runtime.partial_whisper)
+            if partial
+            else (runtime.asr_pool, runtime.whisper)
+        )
         try:
-            return await self.runtime.asr_pool.run(lambda: self._decode(samples, language))
+            return await pool.run(lambda: self._decode(model(), samples, language))
         except SpeechError:
             raise
         except Exception as exc:
             raise SpeechError(f"Whisper failed: {exc}") from exc
 
-    def _decode(self, samples: np.ndarray, language: str) -> Recognition:
-        model = self.runtime.whisper()
+    def _decode(self, model: WhisperModel, samples: np.ndarray, language: str) -> Recognition:
         seconds = len(samples) / RATE
         window = min(_MAX_WINDOW_S, max(self.settings.min_window_s, math.ceil(seconds + 1)))
         audio = np.zeros(window * RATE, np.float32)
@@ -213,8 +225,7 @@ class _History:
 
 @dataclass(slots=True)
 class _Decode:
-    start: int  # sample indices of the audio decoded, end exclusive
-    end: int
+    end: int  # sample index where the audio decoded ends (exclusive)
     task: asyncio.Task[Recognition]
 
 
@@ -365,13 +376,7 @@ class WhisperStream(ASRStream):
         if utterance is None or utterance.silence_from is not None:
             return
         utterance.silence_from = at
-        partial = self._partial
-        if partial is not None and partial.start == utterance.start and partial.end >= at:
-            # A partial that started after the last word already decodes the whole utterance;
-            # a second decode would only queue behind it.
-            utterance.speculative = partial
-        else:
-            utterance.speculative = self._decode(utterance, self._history.end)
+        utterance.speculative = self._decode(utterance, self._history.end)
 
     def _tick(self) -> None:
         s = self._settings
@@ -393,10 +398,11 @@ class WhisperStream(ASRStream):
 
     def _maybe_partial(self, utterance: _Utterance, now: int) -> None:
         running = self._partial is not None and not self._partial.task.done()
-        if running or self._asr.runtime.asr_pool.busy:
-            return  # drop when busy: a later partial supersedes this one anyway
+        pausing = self._vad.probability < self._vad.exit_threshold  # the final may be due first
+        if running or pausing or self._asr.runtime.partial_pool.busy:
+            return  # skipped: a later partial supersedes this one anyway
         utterance.next_partial_at = now + _samples(self._settings.partial_interval_ms)
-        decode = self._decode(utterance, now)
+        decode = self._decode(utterance, now, partial=True)
         self._partial = decode
         decode.task.add_done_callback(lambda _: self._partial_done(utterance, decode))
 
@@ -412,10 +418,10 @@ class WhisperStream(ASRStream):
         if text and not pending_final:  # never show the next utterance before the last final
             self._emit(Transcript(text, False, _ms(utterance.onset), _ms(decode.end)))
 
-    def _decode(self, utterance: _Utterance, end: int) -> _Decode:
+    def _decode(self, utterance: _Utterance, end: int, *, partial: bool = False) -> _Decode:
         audio = self._history.slice(utterance.start, end)
-        task = asyncio.create_task(self._asr.transcribe(audio, self._language))
-        return _Decode(utterance.start, end, task)
+        task = asyncio.create_task(self._asr.transcribe(audio, self._language, partial=partial))
+        return _Decode(end, task)
 
     def _finalise(self, utterance: _Utterance, end: int) -> None:
         """Emit the utterance's final result, in order, reusing the speculative decode."""
