@@ -498,6 +498,8 @@ class Call:
             if self._bot_task is asyncio.current_task():
                 self._arm_no_input()
         except asyncio.CancelledError:
+            if (due := self.dialog.hangup_due()) is not None:
+                self.hangup(due.reason)
             raise
         except Exception:
             log.exception("call %s: bot turn failed", self.call_id)

@@ -116,18 +116,26 @@ class ScriptedDialog(Dialog):
     events: list[DialogEvent] = field(default_factory=list)
     heard: list[tuple[str, str, bool]] = field(default_factory=list)
     cut: list[DialogEvent] = field(default_factory=list)
+    unsaid: Script = field(default_factory=list)  # what the current turn has still to yield
 
     async def respond(self, event: DialogEvent) -> AsyncIterator[DialogOutput]:
         self.events.append(event)
+        self.unsaid = list(self.scripts.get(type(event), []))
         try:
-            for item in self.scripts.get(type(event), []):
+            while self.unsaid:
+                item = self.unsaid[0]
                 if isinstance(item, asyncio.Event):
                     await item.wait()
                 else:
                     yield item
+                self.unsaid.pop(0)
         except (GeneratorExit, asyncio.CancelledError):
             self.cut.append(event)
             raise
+
+    def hangup_due(self) -> Hangup | None:
+        """Like a dialplan: a scripted hang-up the turn has not reached yet is owed."""
+        return next((x for x in self.unsaid if isinstance(x, Hangup)), None)
 
     def bot_turn_heard(self, said: str, heard: str, interrupted: bool) -> None:
         self.heard.append((said, heard, interrupted))
@@ -347,6 +355,18 @@ async def test_hangs_up_once_the_last_prompt_has_played(start: StartCall) -> Non
     assert bot["heard"] == "goodbye and thanks" and bot["interrupted"] is False
     assert running.summary()["end_reason"] == "done"
     assert running.notes[-1] == {"type": "hangup", "reason": "done"}
+
+
+async def test_barge_in_on_the_goodbye_still_hangs_up(start: StartCall) -> None:
+    dialog = ScriptedDialog({CallStarted: [Say(EIGHT), Hangup("done")]})
+    running = start(dialog)
+    await running.synthesised(8)
+    await running.play(15)
+
+    running.caller(loud=True)  # talks over the goodbye, then says nothing more
+    assert await asyncio.wait_for(running.task, 2) == "done"
+    (bot,) = running.bot_record()
+    assert bot["interrupted"] is True and bot["heard"] == "one two three"
 
 
 async def test_transfer_waits_until_the_prompt_before_it_has_played(start: StartCall) -> None:

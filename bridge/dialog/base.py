@@ -99,3 +99,8 @@ class Dialog(ABC):
     def no_input_timeout(self) -> float | None:
         """Seconds of caller silence after the bot's turn before a `NoInput` event; None: never."""
         return None
+
+    def hangup_due(self) -> Hangup | None:
+        """The hang-up a cut-short turn had not reached yet: a caller who talks over the
+        goodbye still ends the call, rather than leaving it open until they speak again."""
+        return None

@@ -24,6 +24,7 @@ from bridge.dialog.base import (
     Dialog,
     DialogEvent,
     DialogOutput,
+    Hangup,
     Say,
 )
 from bridge.dialog.dialplan import Dialplan, LlmConfig
@@ -58,6 +59,9 @@ class FlowDialog(Dialog):
 
     def no_input_timeout(self) -> float | None:
         return self.flow.no_input_timeout
+
+    def hangup_due(self) -> Hangup | None:
+        return next((e for e in self._due if isinstance(e, Hangup)), None)
 
     def collected(self) -> dict[str, Any]:
         """The variables the flow set or changed during the call (a campaign keeps them)."""

@@ -286,3 +286,20 @@ async def test_a_lookup_cut_by_barge_in_is_made_again(make_plan, backend, sessio
     result: list[DialogOutput] = [o async for o in dialog.respond(CallerText("hello?"))]
     assert result == [Say("Failed: no reply within 0.3 s."), Hangup("failed")]
     assert backend.requests == ["/orders/999999", "/orders/999999"]
+
+
+async def test_a_goodbye_cut_by_barge_in_still_owes_its_hang_up(make_plan, session) -> None:
+    plan = make_plan(
+        """
+        name: bye
+        start: bye
+        steps:
+          bye: {say: "Thanks for calling, goodbye.", hangup: done}
+        """
+    )
+    dialog = build_dialog(plan, session)
+    outputs = dialog.respond(CallStarted())
+    assert dialog.hangup_due() is None
+    assert await anext(outputs) == Say("Thanks for calling, goodbye.")
+    await outputs.aclose()  # the caller talks over the goodbye
+    assert dialog.hangup_due() == Hangup("done")
