@@ -201,6 +201,22 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
 StartCall = Callable[..., Running]
 
 
+def open_call(tmp_path: Path, dialog: Dialog, asr: ASR) -> tuple[Call, list[dict[str, object]]]:
+    """A call speaking the fake TTS at RATE, and the list its notifications go to."""
+    notes: list[dict[str, object]] = []
+    call = Call(
+        call_id="c1",
+        dialog=dialog,
+        asr=asr,
+        tts=ToneTts(),
+        record=CallRecord.open(tmp_path, "c1", RATE, {"channel": "test"}),
+        output_rate=RATE,
+        settings=CallSettings(),
+        notify=notes.append,
+    )
+    return call, notes
+
+
 @pytest.fixture
 async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartCall]:
     """Start a call on a dialog (and recogniser); any still running is hung up afterwards."""
@@ -209,17 +225,7 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
     def begin(dialog: ScriptedDialog, asr: ScriptedAsr | None = None) -> Running:
         asr = asr or ScriptedAsr()
-        notes: list[dict[str, object]] = []
-        call = Call(
-            call_id="c1",
-            dialog=dialog,
-            asr=asr,
-            tts=ToneTts(),
-            record=CallRecord.open(tmp_path, "c1", RATE, {"channel": "test"}),
-            output_rate=RATE,
-            settings=CallSettings(),
-            notify=notes.append,
-        )
+        call, notes = open_call(tmp_path, dialog, asr)
         running.append(Running(call, dialog, asr, asyncio.create_task(call.run()), notes))
         return running[-1]
 

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.call import Call, CallSettings
 from bridge.dialog.base import CallerText, CallStarted, Say
 from bridge.emulator.faults import Faults
 from bridge.emulator.server import Emulator
-from bridge.media.recorder import CallRecord
 from bridge.speech.dashscope import Apology, FallbackASR, FunASR
 from bridge.speech.dashscope.settings import DashScopeSettings
 from tests.emulator.fakes import FixedASR
-from tests.test_call import RATE, LoudnessVad, Running, ScriptedDialog, ToneTts, until
+from tests.test_call import LoudnessVad, Running, ScriptedDialog, open_call, until
 
 pytestmark = pytest.mark.timeout(30)
 SORRY = "Sorry I cannot hear you"
@@ -58,17 +56,7 @@ async def test_lost_recogniser_is_apologised_for(
     primary = FunASR(settings)
     asr = FallbackASR(primary, FixedASR("local words"), apology=Apology(SORRY, hang_up=hang_up))
     dialog = ScriptedDialog({CallStarted: [Say("hello")], CallerText: [Say("got it")]})
-    notes: list[dict[str, object]] = []
-    call = Call(
-        call_id="c1",
-        dialog=dialog,
-        asr=asr,
-        tts=ToneTts(),
-        record=CallRecord.open(tmp_path, "c1", RATE, {"channel": "test"}),
-        output_rate=RATE,
-        settings=CallSettings(),
-        notify=notes.append,
-    )
+    call, notes = open_call(tmp_path, dialog, asr)
     running = Running(call, dialog, None, asyncio.create_task(call.run()), notes)  # type: ignore[arg-type]
     try:
         await play_until(running, lambda: bot_said(running) == ["hello"])
