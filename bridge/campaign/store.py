@@ -118,10 +118,14 @@ class Limits(Protocol):
         """Give back a slot taken by :meth:`acquire` (the call ended or was never placed)."""
 
 
+CATCH_UP_GAP = 0.5  # the closest two starts come, in intervals, when catching up
+
+
 class LocalLimits:
     """:class:`Limits` within one process. Starts follow a schedule ``1 / calls_per_second``
-    apart; after a late wake-up the next start catches up on the schedule, but never comes
-    sooner than 90 % of an interval, so both the long-run rate and each gap hold within 10 %."""
+    apart, so the long-run rate never exceeds the limit; after a late wake-up (a busy event
+    loop) the next starts catch up on the schedule, never closer than half an interval, so
+    the rate holds under load without bursts."""
 
     def __init__(self) -> None:
         self._busy: dict[str, int] = {}
@@ -135,7 +139,7 @@ class LocalLimits:
         due = self._next_start.get(campaign_id, now)
         if now < due:
             return due - now
-        self._next_start[campaign_id] = max(due + interval, now + 0.9 * interval)
+        self._next_start[campaign_id] = max(due + interval, now + CATCH_UP_GAP * interval)
         self._busy[campaign_id] = busy + 1
         return 0.0
 

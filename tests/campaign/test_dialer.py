@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bridge.campaign.dialer import CallResult
-from bridge.campaign.model import Campaign, Contact, Outcome
+from bridge.campaign.model import Campaign, CampaignRules, Contact, Outcome
 from bridge.campaign.service import CampaignService
-from bridge.campaign.store import LocalLimits, SqliteStore
+from bridge.campaign.store import CATCH_UP_GAP, LocalLimits, SqliteStore
 from tests.campaign.clock import ManualClock
 
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("UTC")).timestamp()
@@ -108,7 +108,7 @@ async def test_starts_are_spaced_by_the_rate(rig: Rig) -> None:
     starts = rig.far.starts()
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 20
-    assert min(gaps) >= 0.25 * 0.9 - 0.011  # the clock moves in 10 ms steps
+    assert min(gaps) >= 0.25 * CATCH_UP_GAP - 0.011  # the clock moves in 10 ms steps
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     assert 4 * 0.9 <= rate <= 4 * 1.1, rate
 
@@ -193,3 +193,15 @@ async def test_a_destination_no_longer_allowed_is_never_dialled(rig: Rig) -> Non
     status = await rig.until_state(campaign.id, "completed")
     assert [u for u, _, _ in rig.far.calls] == ["ok"]
     assert status["counts"]["failed"] == 1 and status["counts"]["answered"] == 1
+
+
+async def test_late_wake_ups_catch_up_on_the_schedule_without_bursts() -> None:
+    limits, rules = LocalLimits(), CampaignRules(max_concurrent=100, calls_per_second=10)
+    now, starts = 0.0, []
+    for lateness in [0.0, 0.08, 0.0, 0.0, 0.03, 0.0, 0.0, 0.0, 0.0, 0.0]:  # a busy event loop
+        while (wait := await limits.acquire("c", rules, now)) > 0:
+            now += wait + lateness
+        starts.append(now)
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.1 * CATCH_UP_GAP  # never a burst
+    assert starts[-1] == pytest.approx(0.9 + 0.03)  # back on the 10/s schedule after lateness
