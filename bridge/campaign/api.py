@@ -7,7 +7,8 @@ starts, pauses, resumes or stops, ``GET .../contacts`` and ``GET .../export`` gi
 
 Errors are JSON ``{"error"}`` (plus ``problems`` for bad rows) with the service's status: 400
 for a body that is not JSON or not an object, 404 for an unknown campaign, 409 for a state
-change the campaign's state does not allow, 413 for a body over :data:`MAX_BODY_BYTES`.
+change the campaign's state does not allow, 413 for a body over :data:`MAX_BODY_BYTES`, 503
+(with Retry-After) while the campaign store (Redis or the SQLite file) cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from bridge.campaign.model import CampaignError
 from bridge.campaign.service import CAMPAIGNS, CampaignService
@@ -38,6 +41,7 @@ RECORD_FILES = {
     "transcript.jsonl": "application/x-ndjson",
     "recording.wav": "audio/wav",
 }
+STORE_RETRY_AFTER_S = 5
 _RECORD_ID = re.compile(r"^[\w.@-]+$")
 
 
@@ -79,7 +83,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _routes_error(handler: Any) -> Any:
-    """Turn Refused and CampaignError into JSON error responses."""
+    """Turn Refused, CampaignError and an unreachable store into JSON error responses."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
@@ -88,6 +92,10 @@ def _routes_error(handler: Any) -> Any:
             return json_error(exc.status, str(exc))
         except CampaignError as exc:
             return _campaign_error(exc)
+        except (RedisError, sqlite3.OperationalError) as exc:
+            log.error("campaign store unavailable: %s", exc)
+            message = f"campaign store unavailable ({type(exc).__name__}); try again shortly"
+            return json_error(503, message, **{"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     return wrapped
 

@@ -65,7 +65,7 @@ StartCampaignBridge = Callable[[], Awaitable[CampaignBridge]]
 
 @contextlib.asynccontextmanager
 async def bridges(
-    tmp_path: Path, engines: SpeechEngines | None
+    tmp_path: Path, engines: SpeechEngines | None, redis_url: str | None = None
 ) -> AsyncIterator[StartCampaignBridge]:
     """Start bridges whose campaign service keeps SQLite under ``tmp_path`` and looks for work
     five times a second; without ``engines`` no call can be placed."""
@@ -78,6 +78,7 @@ async def bridges(
         config.campaigns.dir = str(tmp_path / "campaigns")
         config.campaigns.poll_s = 0.2
         config.campaigns.ring_timeout_s = 5
+        config.campaigns.redis_url = redis_url
         rtp = free_port() & ~1
         config.sip = SipConfig(port=0, rtp_ports=f"{rtp}-{rtp + 40}", outbound_targets=ALLOWED)
         bridge = Bridge(config)

@@ -4,11 +4,16 @@ has no speech engines); test_cli.py and test_page.py run campaigns to the end.""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
+import redis.asyncio as redis
 
 from bridge.campaign import api as campaign_api
 from tests.campaign import running
 from tests.campaign.running import CampaignBridge, api
+from tests.peers.redis_server import redis_server
 
 served = running.api_bridge
 
@@ -153,3 +158,15 @@ async def test_page_and_its_script_are_served(served: CampaignBridge) -> None:
     ):
         status, answer = await api("GET", served.http + path)
         assert status == 200 and words in answer["text"], path
+
+
+async def test_a_lost_redis_is_a_503_naming_the_store(tmp_path: Path) -> None:
+    async with redis_server() as url, running.bridges(tmp_path, None, url) as start:
+        served = await start()
+        status, _ = await api("POST", f"{served.http}/api/campaigns", spec(csv=GOOD))
+        assert status == 201
+        client = redis.Redis.from_url(url)
+        with contextlib.suppress(redis.ConnectionError):
+            await client.shutdown(nosave=True)  # the Redis server goes away
+        status, answer = await api("GET", f"{served.http}/api/campaigns")
+        assert status == 503 and "campaign store unavailable" in answer["error"], answer
