@@ -188,7 +188,7 @@ class Dialer:
         finally:
             with contextlib.suppress(Exception):
                 await self.limits.release(campaign.id)
-            self.wake()
+            self._slot_freed()
         await self.store.finish_attempt(
             Attempt(
                 contact.id,
@@ -204,4 +204,10 @@ class Dialer:
                 self.instance,
             )
         )
-        self.wake()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Take the freed slot at once, unless other instances share the limits: then the
+        first dialer to poll gets it, so one instance cannot keep every slot to itself."""
+        if not self.limits.shared:
+            self.wake()

@@ -412,6 +412,8 @@ class RedisLimits:
     dialer clock of one process) for the server's clock; this instance's leases are renewed by
     a background task while held."""
 
+    shared = True
+
     def __init__(self, client: redis.Redis, instance: str, prefix: str = PREFIX) -> None:
         self.client = client
         self.instance = instance

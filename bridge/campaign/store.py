@@ -110,6 +110,8 @@ class Limits(Protocol):
     """Concurrency slots and calls-per-second start tokens of a campaign, shared by every
     dialer of it (one process here, several through Redis)."""
 
+    shared: bool  # other processes take from the same limits
+
     async def acquire(self, campaign_id: str, rules: CampaignRules, now: float) -> float:
         """Take a concurrency slot and a start token: 0.0 when taken, else the seconds to wait
         before asking again (nothing taken)."""
@@ -126,6 +128,8 @@ class LocalLimits:
     apart, so the long-run rate never exceeds the limit; after a late wake-up (a busy event
     loop) the next starts catch up on the schedule, never closer than half an interval, so
     the rate holds under load without bursts."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._busy: dict[str, int] = {}
