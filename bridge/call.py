@@ -162,8 +162,6 @@ class Call:
         self._caller_speech_ended_at: float | None = None
         self._last_bot_frame_at = self._started
         self._caller_samples_seen = 0
-        self.amd: str | None = None
-        """The answering-machine verdict (human, machine, unknown) once the dialog asked."""
         self._amd: AnsweringMachineDetector | None = None
         self._amd_start_ms = 0.0  # caller stream time detection started at
         self._amd_until_ms: float | None = None  # caller speech before this was the greeting
@@ -369,7 +367,6 @@ class Call:
 
         for event in events:
             if isinstance(event, Verdict):
-                self.amd = event.result
                 self.record.add_event(
                     {
                         "who": "system",
