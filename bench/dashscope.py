@@ -103,8 +103,8 @@ class _TimedStream(ASRStream):
     def metrics(self) -> object:
         return getattr(self.inner, "metrics", None)
 
-    async def push(self, frame: AudioFrame) -> None:
-        await self.inner.push(frame)
+    def push(self, frame: AudioFrame) -> None:
+        self.inner.push(frame)
 
     async def results(self) -> AsyncIterator[Transcript]:
         async for transcript in self.inner.results():

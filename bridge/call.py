@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ from bridge.media.frame import AudioFrame
 from bridge.media.playout import Playout, UtteranceFinished, UtteranceStarted
 from bridge.media.recorder import CallRecord
 from bridge.media.resample import Resampler
-from bridge.media.vad import SpeechEnded, SpeechStarted, Vad
-from bridge.speech.base import ASR, TTS, Transcript, text_once
+from bridge.media.vad import SpeechEnded, SpeechStarted, Vad, VadEvent
+from bridge.speech.base import ASR, TTS, ASRStream, Transcript, text_once
 from bridge.speech.dashscope.fallback import Apology, FallbackStream
 from bridge.speech.dashscope.metrics import StreamMetrics, summary
 
@@ -57,8 +58,9 @@ log = logging.getLogger(__name__)
 
 Notify = Callable[[dict[str, object]], None]
 
-# Caller audio waiting for the uplink task; beyond this the oldest frames are dropped (the
-# uplink only falls this far behind when the machine is overloaded, and stale audio is useless).
+# Caller audio waiting for the recogniser to open, or for a costly VAD's task; beyond this the
+# oldest frames are dropped (the VAD only falls this far behind when the machine is overloaded,
+# and stale audio is useless).
 CALLER_QUEUE_FRAMES = 50
 
 
@@ -144,9 +146,13 @@ class Call:
             min_speech_ms=settings.vad_min_speech_ms,
             min_silence_ms=settings.vad_min_silence_ms,
         )
-        self._vad_executor = vad_executor
-        self._caller_queue: asyncio.Queue[AudioFrame] = asyncio.Queue(CALLER_QUEUE_FRAMES)
-        self._uplink_resampler: Resampler | None = None
+        # A cheap VAD runs as each frame arrives; a costly one in the executor, from its task.
+        self._vad_executor = vad_executor if self._vad.costly else None
+        self._asr_stream: ASRStream | None = None  # open: caller audio goes straight to it
+        self._early: deque[AudioFrame] = deque(maxlen=CALLER_QUEUE_FRAMES)  # before it opens
+        self._vad_queue: deque[AudioFrame] = deque(maxlen=CALLER_QUEUE_FRAMES)
+        self._vad_waiter: asyncio.Future[None] | None = None  # the VAD task, waiting for audio
+        self._uplink_resampler: Resampler | None = None  # None: no conversion needed
         self._uplink_rate = 0
         self._started = time.monotonic()
         self._last_caller_audio = self._started
@@ -169,12 +175,46 @@ class Call:
     # --- transport side -------------------------------------------------------------------
 
     def feed_caller_audio(self, frame: AudioFrame) -> None:
-        """Queue a frame of caller audio; never blocks (drops the oldest frame when full)."""
+        """Take a frame of caller audio; never blocks.
+
+        The per-frame work (resampling, recording, a cheap VAD, answering-machine detection,
+        the recogniser's non-blocking push) happens here, so a call costs no task wake-up per
+        frame; only a costly VAD waits for its own task (the oldest frame is dropped when full).
+        """
         self._last_caller_audio = time.monotonic()
-        if self._caller_queue.full():
-            self._caller_queue.get_nowait()
-            self.metrics.caller_frames_dropped += 1
-        self._caller_queue.put_nowait(frame)
+        if self._ended.is_set():
+            return  # the recogniser is closing
+        if frame.sample_rate != self._uplink_rate or self._uplink_resampler is not None:
+            frame = self._to_asr_rate(frame)  # else already at the recogniser's rate
+        self.record.write_audio("caller", frame, self._caller_samples_seen / frame.sample_rate)
+        self._caller_samples_seen += frame.num_samples
+        if self._vad_executor is None:
+            events = self._vad.process(frame)
+            if events or self._amd is not None:  # usually neither: nothing to act on
+                self._heard(frame, events)
+        else:
+            self._queue_for_vad(frame)
+        stream = self._asr_stream
+        if stream is None:
+            self._hold(self._early, frame)
+            return
+        try:
+            stream.push(frame)
+        except Exception:
+            log.exception("call %s: recogniser refused audio", self.call_id)
+            self.hangup("error")
+
+    def _hold(self, queue: deque[AudioFrame], frame: AudioFrame) -> None:
+        if len(queue) == CALLER_QUEUE_FRAMES:
+            self.metrics.caller_frames_dropped += 1  # the append drops the oldest
+        queue.append(frame)
+
+    def _queue_for_vad(self, frame: AudioFrame) -> None:
+        self._hold(self._vad_queue, frame)
+        # A future rather than an asyncio.Queue: this runs for every frame of every call.
+        waiter, self._vad_waiter = self._vad_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def pull_bot_frame(self) -> AudioFrame:
         """The bot's next 20 ms frame; the transport calls this once per tick of its clock."""
@@ -184,7 +224,8 @@ class Call:
         if speaking:
             self._last_bot_frame_at = now
         self.record.write_audio("bot", frame, now - self._started)
-        self._handle_playout_events(now)
+        for event in self.playout.pop_events():  # usually none
+            self._on_playout_event(event, now)
         return frame
 
     def hangup(self, reason: str) -> None:
@@ -208,11 +249,15 @@ class Call:
             asr_stream = await self.asr.open_stream(self.settings.language)
             if isinstance(asr_stream, FallbackStream):
                 asr_stream.on_apology = self._apologise
+            while self._early and not self.ended:
+                asr_stream.push(self._early.popleft())
+            self._asr_stream = asr_stream
             tasks = [
-                asyncio.create_task(self._uplink(asr_stream), name=f"{self.call_id}-uplink"),
                 asyncio.create_task(self._recognised(asr_stream), name=f"{self.call_id}-asr"),
                 asyncio.create_task(self._watchdog(), name=f"{self.call_id}-watchdog"),
             ]
+            if self._vad_executor is not None:
+                tasks.append(asyncio.create_task(self._costly_vad(), name=f"{self.call_id}-vad"))
             for task in tasks:
                 task.add_done_callback(self._on_task_done)
             self._start_bot_turn(CallStarted())
@@ -241,7 +286,7 @@ class Call:
         self.record.add_event(
             {"who": "system", "text": f"call ended: {self._end_reason}", "start": self._now()}
         )
-        self.record.close(self._end_reason, self.metrics.as_dict())
+        await self.record.aclose(self._end_reason, self.metrics.as_dict())
         self.notify({"type": "hangup", "reason": self._end_reason})
         log.info("call %s: ended (%s)", self.call_id, self._end_reason)
 
@@ -265,38 +310,42 @@ class Call:
 
     # --- uplink ---------------------------------------------------------------------------
 
-    async def _uplink(self, asr_stream: object) -> None:
+    async def _costly_vad(self) -> None:
+        """Run a costly VAD in the executor, frame by frame, off the transport's tick."""
         loop = asyncio.get_running_loop()
+        queue = self._vad_queue
         while True:
-            frame = await self._caller_queue.get()
-            frame = self._to_asr_rate(frame)
-            self.record.write_audio("caller", frame, self._caller_samples_seen / frame.sample_rate)
-            self._caller_samples_seen += frame.num_samples
-            if self._vad_executor is None or not self._vad.costly:
-                events = self._vad.process(frame)
-            else:
-                events = await loop.run_in_executor(self._vad_executor, self._vad.process, frame)
-            # The VAD confirms a change only after a stretch of speech or silence: date each
-            # event back to when that audio arrived, i.e. when the caller started or stopped.
-            audio_now_ms = frame.end_timestamp * 1000 / frame.sample_rate
-            for event in events:
-                happened_at = time.monotonic() - max(0.0, (audio_now_ms - event.at_ms) / 1000)
-                if isinstance(event, SpeechStarted):
-                    self._on_caller_speech_started(happened_at)
-                elif isinstance(event, SpeechEnded):
-                    self._caller_speech_ended_at = happened_at
-                    if self._bot_task is None or self._bot_task.done():
-                        self._arm_no_input()  # restarts the wait if the speech gave no text
-            if self._amd is not None:
-                speech = self._vad.probability >= self._vad.threshold
-                self._on_amd(self._amd.feed(frame, speech))
-            await asr_stream.push(frame)  # type: ignore[attr-defined]
+            while not queue:
+                self._vad_waiter = loop.create_future()
+                await self._vad_waiter
+            frame = queue.popleft()
+            events = await loop.run_in_executor(self._vad_executor, self._vad.process, frame)
+            self._heard(frame, events)
+
+    def _heard(self, frame: AudioFrame, events: list[VadEvent]) -> None:
+        """Act on the VAD's verdict on a frame: barge-in, end of turn, machine detection."""
+        # The VAD confirms a change only after a stretch of speech or silence: date each
+        # event back to when that audio arrived, i.e. when the caller started or stopped.
+        audio_now_ms = frame.end_timestamp * 1000 / frame.sample_rate
+        for event in events:
+            happened_at = time.monotonic() - max(0.0, (audio_now_ms - event.at_ms) / 1000)
+            if isinstance(event, SpeechStarted):
+                self._on_caller_speech_started(happened_at)
+            elif isinstance(event, SpeechEnded):
+                self._caller_speech_ended_at = happened_at
+                if self._bot_task is None or self._bot_task.done():
+                    self._arm_no_input()  # restarts the wait if the speech gave no text
+        if self._amd is not None:
+            speech = self._vad.probability >= self._vad.threshold
+            self._on_amd(self._amd.feed(frame, speech))
 
     def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
         if frame.sample_rate != self._uplink_rate:
             self._uplink_rate = frame.sample_rate
-            self._uplink_resampler = Resampler(frame.sample_rate, self.asr.sample_rate)
-        assert self._uplink_resampler is not None
+            resampler = Resampler(frame.sample_rate, self.asr.sample_rate)
+            self._uplink_resampler = None if resampler.passthrough else resampler
+        if self._uplink_resampler is None:
+            return frame
         return self._uplink_resampler.process_frame(frame)
 
     def _on_caller_speech_started(self, onset: float) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.call import Call, CallSettings
+from bridge.call import CALLER_QUEUE_FRAMES, Call, CallSettings
 from bridge.dialog.base import (
     CallerDigits,
     CallerText,
@@ -63,9 +63,10 @@ class ScriptedStream(ASRStream):
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
+        self.pushed: list[AudioFrame] = []
 
-    async def push(self, frame: AudioFrame) -> None:
-        pass
+    def push(self, frame: AudioFrame) -> None:
+        self.pushed.append(frame)
 
     async def results(self) -> AsyncIterator[Transcript]:
         while (item := await self.queue.get()) is not None:
@@ -389,6 +390,19 @@ async def test_transfer_waits_until_the_prompt_before_it_has_played(start: Start
     await running.end()
     said, moved = [x for x in running.record() if "heard" in x or "transfer" in x]
     assert said["heard"] == "putting you through" and moved["transfer"] == target
+
+
+async def test_caller_audio_waits_for_the_recogniser_to_open_the_oldest_dropped(
+    start: StartCall,
+) -> None:
+    running = start(ScriptedDialog({}))
+    running.caller(loud=False, frames=CALLER_QUEUE_FRAMES + 3)  # before the call's task runs
+    await until(lambda: bool(running.asr.stream.pushed))
+    running.caller(loud=False)  # once open, straight to the recogniser
+    frame = ASR_RATE // 50
+    pushed = [f.timestamp // frame for f in running.asr.stream.pushed]
+    assert pushed == list(range(3, CALLER_QUEUE_FRAMES + 4))
+    assert running.call.metrics.caller_frames_dropped == 3
 
 
 async def test_record_is_written_when_the_recogniser_cannot_open(start: StartCall) -> None:

@@ -236,7 +236,7 @@ async def feed_engine(
         ahead = fed / speed - (clock() - started)
         if ahead > lead:
             await asyncio.sleep(ahead - lead)
-        await stream.push(frame)
+        stream.push(frame)
         fed += frame.duration
     await stream.close()
 

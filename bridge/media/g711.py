@@ -68,10 +68,6 @@ def _encode(table: np.ndarray, pcm: np.ndarray) -> bytes:
     return table.take(samples.view(np.uint16)).tobytes()  # take: half the cost of [] here
 
 
-def _decode(table: np.ndarray, data: bytes) -> np.ndarray:
-    return table.take(np.frombuffer(data, np.uint8))
-
-
 def ulaw_encode(pcm: np.ndarray) -> bytes:
     """int16 PCM -> one µ-law byte per sample."""
     return _encode(_ULAW_ENC, pcm)
@@ -79,7 +75,7 @@ def ulaw_encode(pcm: np.ndarray) -> bytes:
 
 def ulaw_decode(data: bytes) -> np.ndarray:
     """µ-law bytes -> int16 PCM (a fresh array)."""
-    return _decode(_ULAW_DEC, data)
+    return _ULAW_DEC.take(np.frombuffer(data, np.uint8))
 
 
 def alaw_encode(pcm: np.ndarray) -> bytes:
@@ -89,7 +85,7 @@ def alaw_encode(pcm: np.ndarray) -> bytes:
 
 def alaw_decode(data: bytes) -> np.ndarray:
     """A-law bytes -> int16 PCM (a fresh array)."""
-    return _decode(_ALAW_DEC, data)
+    return _ALAW_DEC.take(np.frombuffer(data, np.uint8))
 
 
 @dataclass(frozen=True, slots=True)

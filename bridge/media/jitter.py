@@ -56,6 +56,8 @@ _MAX_DROPOUT = 3000  # RFC 3550 A.1 sequence jump limits
 _MAX_MISORDER = 100
 _MAX_TIMING_JUMP_S = 1.0  # timestamp vs arrival disagreement that means a new timeline
 _SEEN_LIMIT = 2048
+_RECENT_BLOCKS = 8  # played blocks the concealer keeps before trimming its history
+_INT16 = np.dtype(np.int16)  # compared by identity: the usual frame is already int16
 
 
 @dataclass(slots=True)
@@ -96,19 +98,19 @@ class _WindowMin:
         self._size = size
         self._count = 0
         self._candidates: deque[tuple[int, float]] = deque()  # increasing values, oldest first
+        self.min = 0.0
+        """The minimum, once a value was appended (an attribute: it is read for every frame)."""
 
     def append(self, value: float) -> None:
         candidates = self._candidates
         while candidates and candidates[-1][1] >= value:
             candidates.pop()
-        candidates.append((self._count, value))
-        self._count += 1
-        if candidates[0][0] <= self._count - 1 - self._size:
+        count = self._count
+        candidates.append((count, value))
+        self._count = count + 1
+        if candidates[0][0] < count - self._size:
             candidates.popleft()
-
-    @property
-    def min(self) -> float:
-        return self._candidates[0][1]
+        self.min = candidates[0][1]
 
 
 def _best_lag(x: np.ndarray, min_lag: int, max_lag: int, window: int) -> int:
@@ -151,8 +153,9 @@ class _Concealer:
         recent = self._recent
         recent.append(played)
         self._recent_size += played.size
-        while self._recent_size - recent[0].size >= self._history_size:
-            self._recent_size -= recent.popleft().size
+        if len(recent) > _RECENT_BLOCKS:  # trimmed now and then: this runs for every frame
+            while self._recent_size - recent[0].size >= self._history_size:
+                self._recent_size -= recent.popleft().size
 
     @property
     def _history(self) -> np.ndarray:
@@ -219,6 +222,9 @@ class JitterBuffer:
         self._min_delay = min_delay_ms / 1000
         self._max_delay = max_delay_ms / 1000
         self._concealer = _Concealer(sample_rate)
+        self._min_cut = min(self._concealer.min_lag, frame_samples)  # shortest cut worth making
+        # What a cut analyses: the frame plus room for a whole frame or two pitch periods.
+        self._lookahead = frame_samples + max(frame_samples, 2 * self._concealer.max_lag)
         self._stats = JitterStats()
         self._concealed = 0
         self._started = False
@@ -239,6 +245,10 @@ class JitterBuffer:
         self._slots: dict[int, _Slot] = {}
         self._seen: set[int] = set()
         self._highest: tuple[int, int, float] | None = None  # raw seq, raw ts, arrival
+        self._highest_seq = 0  # unwrapped, valid once _highest is set
+        # The furthest sample any slot of this stream reached: slots are only removed once
+        # played past, so audio lies ahead of the cursor exactly when this is beyond it.
+        self._max_end: int | None = None
         self._probation: tuple[RtpPacket, float] | None = None
         self._base_transit = _WindowMin(_BASE_WINDOW)
         self._last_transit: float | None = None
@@ -298,41 +308,48 @@ class JitterBuffer:
     def _accept(self, packet: RtpPacket, arrival: float) -> None:
         seq = self._seq.unwrap(packet.sequence_number)
         ts = self._ts.unwrap(packet.timestamp)
-        if seq in self._seen:
+        seen = self._seen
+        if seq in seen:
             self._stats.duplicates += 1
             return
-        self._remember(seq)
-        if self._highest is None or seq_diff(packet.sequence_number, self._highest[0]) > 0:
+        seen.add(seq)
+        if len(seen) > _SEEN_LIMIT:
+            self._seen = {s for s in seen if s > seq - _SEEN_LIMIT // 2}
+        if self._highest is None or seq > self._highest_seq:
             self._highest = (packet.sequence_number, packet.timestamp, arrival)
+            self._highest_seq = seq
         self._observe_timing(ts, arrival)
-        samples = np.asarray(self._decode(packet), np.int16)
-        slot = _Slot(seq, ts, samples, ts + samples.size)
-        if self._play_ts is not None and slot.end <= self._play_ts:
+        samples = self._decode(packet)
+        if samples.dtype is not _INT16:
+            samples = np.asarray(samples, np.int16)
+        end = ts + samples.size
+        if self._play_ts is not None and end <= self._play_ts:
             self._stats.late += 1
             return
-        self._slots[seq] = slot
-
-    def _remember(self, seq: int) -> None:
-        self._seen.add(seq)
-        if len(self._seen) > _SEEN_LIMIT:
-            self._seen = {s for s in self._seen if s > seq - _SEEN_LIMIT // 2}
+        self._slots[seq] = _Slot(seq, ts, samples, end)
+        if self._max_end is None or end > self._max_end:
+            self._max_end = end
 
     def _observe_timing(self, ts: int, arrival: float) -> None:
         transit = arrival - ts / self._rate
-        if self._last_transit is not None:
-            self._jitter += (abs(transit - self._last_transit) - self._jitter) / 16
+        last = self._last_transit
+        if last is not None:
+            self._jitter += (abs(transit - last) - self._jitter) / 16
         self._last_transit = transit
-        self._base_transit.append(transit)
-        variation = transit - self._base_transit.min
+        base = self._base_transit
+        base.append(transit)
+        variation = transit - base.min
+        peak = self._peak
         if self._peak_at is not None:
-            self._peak *= 0.5 ** ((arrival - self._peak_at) / _PEAK_HALF_LIFE_S)
-        self._peak = max(self._peak, variation)
+            peak *= 0.5 ** ((arrival - self._peak_at) / _PEAK_HALF_LIFE_S)
+        self._peak = variation if variation > peak else peak
         self._peak_at = arrival
 
     # -- playing -----------------------------------------------------------------------------
 
     def _target(self) -> float:
-        return min(max(self._peak, self._min_delay), self._max_delay)
+        peak = self._peak
+        return self._min_delay if peak < self._min_delay else min(peak, self._max_delay)
 
     def _slack(self, ts: int, now: float) -> float:
         return now - self._base_transit.min - ts / self._rate
@@ -341,10 +358,11 @@ class JitterBuffer:
         n = self._frame
         if self._waiting and not self._resume(now):
             return self._emit(self._fill(n)) if self._started else None
-        assert self._play_ts is not None
-        slack = self._slack(self._play_ts, now)
+        play_ts = self._play_ts
+        assert play_ts is not None
+        slack = self._slack(play_ts, now)
         target = self._target()
-        if not any(slot.end > self._play_ts for slot in self._slots.values()):
+        if self._max_end is None or self._max_end <= play_ts:
             self._waiting = True  # ran dry: hold the cursor so delayed audio is not lost
             out = self._fill(n)
         elif slack < target and self._since_adjust >= _ADJUST_EVERY:
@@ -377,10 +395,11 @@ class JitterBuffer:
         # Every cut is at least a pitch period long (or a whole frame), so smaller excesses wait;
         # after a period too long to cut, so do excesses shorter than it: pitch is steady, and
         # analysing it again every few frames in vain was the costliest part of a quiet call.
-        fits = excess >= max(min(self._concealer.min_lag, n), self._uncut_lag)
-        if fits and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
-            lookahead = n + max(n, 2 * self._concealer.max_lag)
-            x, mask = self._read(lookahead)
+        fits = excess >= self._min_cut and excess >= self._uncut_lag
+        # A cut needs the whole lookahead buffered: no slot reaching its end means no cut yet.
+        buffered = self._max_end is not None and self._max_end >= self._play_ts + self._lookahead
+        if fits and buffered and self._since_adjust >= _ADJUST_EVERY and not self._concealer.active:
+            x, mask = self._read(self._lookahead)
             cut = self._shrink_cut(x, n, excess) if mask.all() else 0
             if cut:
                 self._since_adjust = 0
@@ -403,7 +422,11 @@ class JitterBuffer:
         """
         start = self._play_ts
         assert start is not None
-        for slot in self._slots.values():
+        slots = self._slots
+        # Usually the packet after the last one played; any other order takes the search.
+        guess = slots.get(self._last_played + 1) if self._last_played is not None else None
+        candidates = (guess,) if guess is not None and guess.ts <= start < guess.end else None
+        for slot in candidates or slots.values():
             if slot.ts <= start < slot.end:
                 head = slot.samples[start - slot.ts : start - slot.ts + n]
                 if head.size == n:
@@ -455,17 +478,22 @@ class JitterBuffer:
 
     def _advance(self, n: int) -> None:
         assert self._play_ts is not None
-        self._play_ts += n
-        done = sorted(seq for seq, slot in self._slots.items() if slot.end <= self._play_ts)
+        self._play_ts = play_ts = self._play_ts + n
+        done = [seq for seq, slot in self._slots.items() if slot.end <= play_ts]
+        if len(done) > 1:
+            done.sort()
+        stats = self._stats
         for seq in done:
             del self._slots[seq]
-            if self._last_played is not None and seq > self._last_played:
-                self._stats.lost += seq - self._last_played - 1
-            self._stats.played += 1
-            self._last_played = seq if self._last_played is None else max(self._last_played, seq)
+            last = self._last_played
+            if last is None or seq > last:
+                if last is not None:
+                    stats.lost += seq - last - 1
+                self._last_played = seq
+            stats.played += 1
 
     def _emit(self, out: np.ndarray) -> AudioFrame:
-        if out.dtype != np.int16:
+        if out.dtype is not _INT16:
             out = np.clip(np.round(out), -32768, 32767).astype(np.int16)
         frame = AudioFrame(out, self._rate, self._out_ts)
         self._out_ts = frame.end_timestamp

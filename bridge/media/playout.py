@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bridge.media.frame import AudioFrame
+from bridge.media.frame import AudioFrame, silence
 from bridge.speech.base import SpeechChunk
 
 
@@ -303,21 +303,26 @@ class Playout:
 
     def next_frame(self) -> AudioFrame:
         """Exactly one frame: queued speech, padded with silence when there is not enough."""
+        index = self.frames_sent
+        self.frames_sent += 1
+        timestamp = index * self.frame_samples
+        if not self._queue:  # nothing to say, as for most of a call: no audio to assemble
+            self._space.set()
+            return AudioFrame(silence(self.frame_samples), self.sample_rate, timestamp)
         out = np.zeros(self.frame_samples, np.int16)
         filled = 0
         while filled < self.frame_samples and self._queue:
             utterance = self._queue[0]
             if not utterance.started and (utterance.audio or utterance.ended):
                 utterance.started = True
-                self._events.append(UtteranceStarted(utterance.id, self.frames_sent))
+                self._events.append(UtteranceStarted(utterance.id, index))
             got = utterance.read_into(out[filled:])
             filled += got
             self._queued -= got
             if not utterance.done:
                 break  # TTS is behind: hold this utterance's place with silence
             self._finish(self._queue.popleft(), "")
-        frame = AudioFrame(out, self.sample_rate, self.frames_sent * self.frame_samples)
-        self.frames_sent += 1
+        frame = AudioFrame(out, self.sample_rate, timestamp)
         if self.free_ms:
             self._space.set()
         return frame

@@ -10,6 +10,7 @@ Audio streams to disk in blocks, so memory stays bounded however long the call l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -53,17 +54,23 @@ class _Track:
         if frame.sample_rate != self._resampler.in_rate:
             self.settle()
             self._resampler = Resampler(frame.sample_rate, self.rate)
-        if self._next_at is None or abs(at - self._next_at) > _JITTER_S:
+        next_at = self._next_at
+        if next_at is None or abs(at - next_at) > _JITTER_S:
             self.settle()
             behind = self.end - max(round(at * self.rate), 0)
             self.pad(-behind)
             # Drop input that would land before the position, rounded up so none lands early.
             drop = -(-max(behind, 0) * frame.sample_rate // self.rate)
             samples = samples[drop:]
-            self._next_at = at
-        self._append(self._resampler.process(samples))
+            next_at = at
+        if not self._resampler.passthrough:
+            samples = self._resampler.process(samples)
+        self.pending.append(samples)
+        self.end += len(samples)
         # After dropped audio the position is ahead of the frame; the next frame is due there.
-        self._next_at = max(self._next_at + frame.duration, self.end / self.rate)
+        next_at += frame.num_samples / frame.sample_rate
+        position = self.end / self.rate
+        self._next_at = next_at if next_at > position else position
 
     def settle(self) -> None:
         """Push audio still inside the resampler onto the timeline, before a jump or the end."""
@@ -107,10 +114,8 @@ class CallRecord:
             "end_reason": None,
             "metrics": {},
         }
-        self._tracks: dict[Channel, _Track] = {
-            "caller": _Track(sample_rate),
-            "bot": _Track(sample_rate),
-        }
+        self._caller, self._bot = _Track(sample_rate), _Track(sample_rate)
+        self._tracks: dict[Channel, _Track] = {"caller": self._caller, "bot": self._bot}
         self._written = 0
         self._max_lag = round(_MAX_LAG_S * sample_rate)
         self._block = _BLOCK_S * sample_rate
@@ -146,8 +151,8 @@ class CallRecord:
         """
         if self._closed:
             return
-        self._tracks[channel].write(frame, at)
-        caller, bot = self._tracks["caller"], self._tracks["bot"]
+        caller, bot = self._caller, self._bot
+        (caller if channel == "caller" else bot).write(frame, at)
         lagging, leading = (caller, bot) if caller.end <= bot.end else (bot, caller)
         silent = leading.end - lagging.end - self._max_lag
         if silent > 0:
@@ -168,9 +173,28 @@ class CallRecord:
 
     def close(self, end_reason: str, metrics: dict[str, object]) -> None:
         """Finish the files; later calls do nothing, so every exit path may call it."""
+        if self._seal(end_reason, metrics):
+            self._finish()
+
+    async def aclose(self, end_reason: str, metrics: dict[str, object]) -> None:
+        """:meth:`close` with the file work in a worker thread, returning once the files are
+        complete: calls often end together, and finishing dozens of records in a row on the
+        event loop would hold up every other call's media."""
+        if self._seal(end_reason, metrics):
+            await asyncio.to_thread(self._finish)
+
+    def _seal(self, end_reason: str, metrics: dict[str, object]) -> bool:
+        """Stop taking audio and events (from now on the files belong to :meth:`_finish`);
+        False if the record was already closed."""
         if self._closed:
-            return
+            return False
         self._closed = True
+        self._summary.update(
+            end_utc=self._now().isoformat(), end_reason=end_reason, metrics=metrics
+        )
+        return True
+
+    def _finish(self) -> None:
         for track in self._tracks.values():
             track.settle()
         end = max(track.end for track in self._tracks.values())
@@ -179,9 +203,6 @@ class CallRecord:
         self._write_block()
         self._wav.close()
         self._transcript.close()
-        self._summary.update(
-            end_utc=self._now().isoformat(), end_reason=end_reason, metrics=metrics
-        )
         self._write_summary()
 
     def _write_block(self) -> None:
@@ -191,7 +212,28 @@ class CallRecord:
         self._written += count
 
     def _write_summary(self) -> None:
-        """Replace ``call.json`` atomically so a reader never sees half of it."""
-        tmp = self.path / "call.json.tmp"
-        tmp.write_text(json.dumps(self._summary, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(self.path / "call.json")
+        _write_summary(self.path, self._summary)
+
+
+def end_orphaned(path: Path, end_reason: str, *, now: datetime | None = None) -> None:
+    """Close the record of a call whose process died under it (its media worker was killed).
+
+    Its audio and transcript are on disk already (see the module docstring); what the dead
+    process never wrote is the end, so ``call.json`` gets it, and the transcript says why.
+    """
+    summary = json.loads((path / "call.json").read_text(encoding="utf-8"))
+    if summary.get("end_reason"):
+        return  # it did end properly
+    ended = now or datetime.now(UTC)
+    with (path / "transcript.jsonl").open("a", encoding="utf-8") as transcript:
+        event = {"who": "system", "text": f"call ended: {end_reason}"}
+        transcript.write(json.dumps(event) + "\n")
+    summary.update(end_utc=ended.isoformat(), end_reason=end_reason)
+    _write_summary(path, summary)
+
+
+def _write_summary(path: Path, summary: dict[str, object]) -> None:
+    """Replace ``call.json`` atomically so a reader never sees half of it."""
+    tmp = path / "call.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path / "call.json")

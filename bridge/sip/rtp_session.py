@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +36,7 @@ import numpy as np
 
 from bridge.call import Call
 from bridge.media.dtmf import DtmfReceiver
-from bridge.media.frame import AudioFrame
+from bridge.media.frame import AudioFrame, silence
 from bridge.media.g711 import Codec, codec_by_name
 from bridge.media.jitter import JitterBuffer
 from bridge.media.playout import PlayoutClock
@@ -46,6 +47,7 @@ from bridge.sip.sdp import NegotiatedMedia
 log = logging.getLogger(__name__)
 
 FRAME_MS = 20
+_MAX_DATAGRAM = 4096  # G.711 at any ptime fits; anything bigger is not the stream negotiated
 _RECEIVING = ("sendrecv", "recvonly")
 
 
@@ -73,6 +75,7 @@ class RtpSession:
         self.counters = RtpCounters()
         self._codec = _codec(media)
         self._frame = media.clock_rate * FRAME_MS // 1000
+        self._silence = _silence_payload(self._codec, self._frame)
         self._jitter = JitterBuffer(
             media.clock_rate,
             self._frame,
@@ -104,6 +107,7 @@ class RtpSession:
         if media.direction in _RECEIVING and self.media.direction not in _RECEIVING:
             self._last_heard = now  # the timeout restarts when the peer is due to send again
         self._codec = _codec(media)
+        self._silence = _silence_payload(self._codec, self._frame)
         self._packetizer.payload_type = media.payload_type
         self.media = media
 
@@ -139,12 +143,17 @@ class RtpSession:
         """The caller's next 20 ms: buffered audio, concealment, or silence before any arrived."""
         frame = self._jitter.pop(now)
         if frame is None:
-            return AudioFrame(np.zeros(self._frame, np.int16), self.media.clock_rate)
+            return AudioFrame(silence(self._frame), self.media.clock_rate)
         return frame
 
     def outbound(self, pull: Callable[[], AudioFrame]) -> bytes | None:
         """Take the bot's next 20 ms frame from ``pull``; the packet to send once a ``ptime``
-        of audio is ready, None otherwise (or while the peer holds us)."""
+        of audio is ready, None otherwise (or while the peer holds us).
+
+        Before a late offer's answer (no peer address yet) the bot's audio is not taken at
+        all, so its greeting starts when the caller can hear it rather than clipped."""
+        if not self.media.remote_port:
+            return None
         frame = pull()
         rate = self.media.clock_rate
         if frame.sample_rate != rate:
@@ -160,7 +169,8 @@ class RtpSession:
             self._packetizer.advance(size)
             return None
         self.counters.sent += 1
-        payload = self._codec.encode(samples)
+        silent, silent_payload = self._silence  # the playout's shared frame, encoded once
+        payload = silent_payload if samples is silent else self._codec.encode(samples)
         self.rtcp.rtp_sent(len(payload))
         return self._packetizer.packetize_bytes(payload, size)
 
@@ -188,6 +198,11 @@ class RtpSession:
         jitter = {k: round(v, 1) if isinstance(v, float) else v for k, v in jitter.items()}
         counters = asdict(self.counters)
         return {"codec": self.media.codec, **counters, "jitter": jitter, "rtcp": self.rtcp.stats()}
+
+
+def _silence_payload(codec: Codec, samples: int) -> tuple[np.ndarray, bytes]:
+    zeros = silence(samples)
+    return zeros, codec.encode(zeros)
 
 
 def _codec(media: NegotiatedMedia) -> Codec:
@@ -257,7 +272,8 @@ class RtpLeg:
         self.skipped = 0
         """Ticks the shared clock dropped (after stalls) while this leg was on it."""
         self._clock = clock
-        self._transport: asyncio.DatagramTransport | None = None
+        self._socket: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
         self._next_report = time.monotonic() + FIRST_AFTER_S
         self._finished: asyncio.Future[None] | None = None
@@ -267,9 +283,18 @@ class RtpLeg:
         """Bind the port the SDP answer announced (before answering, so no packet is lost),
         and the one above it for RTCP, which the call can do without if it is taken."""
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self.received), local_addr=(self.host, self.port)
-        )
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        self._socket, self._loop = sock, loop
+        loop.add_reader(sock.fileno(), self._readable)
         try:
             self._rtcp, _ = await loop.create_datagram_endpoint(
                 lambda: _Datagrams(self.rtcp_received), local_addr=(self.host, self.port + 1)
@@ -279,6 +304,16 @@ class RtpLeg:
 
     def rtcp_received(self, data: bytes, source: tuple[str, int]) -> None:
         self.session.rtcp_received(data, source, time.time(), time.monotonic())
+
+    def _readable(self) -> None:
+        """One datagram per readiness callback, as asyncio's datagram transport reads, minus its
+        layers and its 256 KiB receive buffer (allocated for every packet)."""
+        assert self._socket is not None
+        try:
+            data, source = self._socket.recvfrom(_MAX_DATAGRAM)
+        except OSError:  # nothing after all, or an ICMP error about an earlier send
+            return
+        self.received(data, (source[0], source[1]))
 
     def received(self, data: bytes, source: tuple[str, int]) -> None:
         digit = self.session.receive(data, source, time.monotonic())
@@ -304,11 +339,20 @@ class RtpLeg:
         self.skipped += skipped
         try:
             packet = self.session.outbound(self.call.pull_bot_frame)
-            if packet is not None and self._transport is not None:
-                self._transport.sendto(packet, self.session.remote)
+            if packet is not None and self._socket is not None:
+                self._send(packet)
             self.lateness.append(time.monotonic() - deadline)
         except Exception:
             self._fail()
+
+    def _send(self, packet: bytes) -> None:
+        """Send at once or never: a packet the socket cannot take now would be stale by the
+        time it could (asyncio's transport would queue it and send a burst later)."""
+        assert self._socket is not None
+        try:
+            self._socket.sendto(packet, self.session.remote)
+        except OSError as exc:  # a full buffer, or the peer's port closed (ICMP): keep going
+            log.debug("call %s: RTP packet not sent: %s", self.call.call_id, exc)
 
     def receive_tick(self, now: float) -> None:
         if now >= self._next_report:
@@ -335,7 +379,7 @@ class RtpLeg:
             self._finished.set_result(None)
 
     def _send_report(self, now: float, *, bye: bool = False) -> None:
-        if self._rtcp is not None:
+        if self._rtcp is not None and self.session.remote[1]:  # port 0: peer not known yet
             report = self.session.rtcp.report(time.time(), now, bye=bye)
             self._rtcp.sendto(report, self.session.rtcp_remote)
 
@@ -345,10 +389,12 @@ class RtpLeg:
                 self._send_report(time.monotonic(), bye=True)
                 self._rtcp.close()
             self._rtcp = None
-        if self._transport is not None:
+        if self._socket is not None:
             with contextlib.suppress(Exception):
-                self._transport.close()
-            self._transport = None
+                assert self._loop is not None
+                self._loop.remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
 
     def stats(self) -> dict[str, object]:
         """Session counters, jitter-buffer stats and send-tick lateness (ms) for records/benches."""

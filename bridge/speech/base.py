@@ -52,8 +52,13 @@ class ASRStream(ABC):
     ``StreamMetrics``: latency, billed audio seconds) for the call record."""
 
     @abstractmethod
-    async def push(self, frame: AudioFrame) -> None:
-        """Feed caller audio at the recogniser's ``sample_rate``. Must not block the loop."""
+    def push(self, frame: AudioFrame) -> None:
+        """Feed caller audio at the recogniser's ``sample_rate``; returns at once.
+
+        Called for every frame of every call as it arrives, so it costs no task switch: the
+        stream buffers the audio (bounded: each implementation says what it drops when full)
+        and works on it, or sends it, from its own task at its own pace.
+        """
 
     @abstractmethod
     def results(self) -> AsyncIterator[Transcript]:

@@ -7,7 +7,7 @@ import pytest
 from bridge.emulator.server import Emulator
 from bridge.emulator.task_server import Timers
 from bridge.media.frame import AudioFrame
-from bridge.speech.dashscope.asr import FunASR, RecognitionParams
+from bridge.speech.dashscope.asr import MAX_QUEUED_BATCHES, FunASR, RecognitionParams
 from bridge.speech.dashscope.errors import TaskFailedError
 from bridge.speech.dashscope.settings import DashScopeSettings
 from tests.emulator.fakes import FixedASR, ToneTTS, tone
@@ -20,7 +20,7 @@ async def speak(stream, rate: int, pattern: list[tuple[str, int]]) -> None:
     for kind, ms in pattern:
         frame = tone(rate, 20) if kind == "tone" else AudioFrame.silence(rate, 20)
         for _ in range(ms // 20):
-            await stream.push(frame)
+            stream.push(frame)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,21 @@ async def test_partials_and_finals(settings: DashScopeSettings, model: str, rate
     assert stream.metrics.billed_audio_seconds == 2
     assert stream.metrics.audio_seconds == pytest.approx(1.6, abs=0.11)
     assert stream.metrics.first_packet_latency is not None
+    await asr.aclose()
+
+
+async def test_audio_the_socket_has_not_taken_is_bounded_dropping_the_oldest(
+    settings: DashScopeSettings,
+) -> None:
+    asr = FunASR(settings)
+    stream = await asr.open_stream("en")
+    # Pushed without yielding to the loop, so the sender has taken none of it yet.
+    await speak(stream, 16000, [("tone", 100 * MAX_QUEUED_BATCHES), ("silence", 300)])
+    assert stream.dropped_batches == 3
+    await stream.close()
+    finals = [t for t in [t async for t in stream.results()] if t.is_final]
+    # The server heard the last MAX_QUEUED_BATCHES batches: tone, then the 300 ms of silence.
+    assert [(t.start_ms, t.end_ms) for t in finals] == [(0, 100 * MAX_QUEUED_BATCHES - 300)]
     await asr.aclose()
 
 

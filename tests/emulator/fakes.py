@@ -66,7 +66,7 @@ class _FixedStream(ASRStream):
         self.speech_samples = 0
         self.silence = 0
 
-    async def push(self, frame: AudioFrame) -> None:
+    def push(self, frame: AudioFrame) -> None:
         loud = frame.rms() > 500
         if loud:
             if self.speech_start is None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,3 +168,29 @@ def test_close_without_audio_leaves_valid_empty_files(tmp_path: Path) -> None:
         "recording.wav",
         "transcript.jsonl",
     ]
+
+
+async def test_closing_records_leaves_the_event_loop_free(tmp_path: Path) -> None:
+    """Calls often end together: their records are finished off the loop, and are complete
+    once ``aclose`` returns."""
+    records = [open_record(tmp_path, f"call-{i}") for i in range(2)]
+    metrics = {"lateness_ms": [i / 7 for i in range(100_000)]}  # slow to write: a big summary
+    for record in records:
+        feed(record, "caller", tone(440, RATE, 1.0), RATE, 0.0)
+        feed(record, "bot", tone(880, RATE, 1.0), RATE, 0.0)
+    gaps: list[float] = []
+    closing = asyncio.gather(*(record.aclose("done", metrics) for record in records))
+    started = last = time.monotonic()
+    while not closing.done():
+        await asyncio.sleep(0.002)
+        gaps.append(time.monotonic() - last)
+        last = time.monotonic()
+    await closing
+    took = time.monotonic() - started
+
+    assert took > 0.3  # the closing work was long enough for a stall to show
+    assert max(gaps) < took / 3  # a close on the loop would be one gap as long as all of it
+    for record in records:
+        assert json.loads((record.path / "call.json").read_text())["metrics"] == metrics
+        audio, _ = read_wav(record.path)
+        assert audio.shape == (RATE, 2)

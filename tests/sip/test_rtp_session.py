@@ -135,6 +135,21 @@ def test_hold_stops_sending_and_resume_keeps_time_and_marks_the_talkspurt() -> N
     assert resumed.marker
 
 
+def test_bot_audio_waits_for_a_late_offers_answer() -> None:
+    pulled: list[AudioFrame] = []
+
+    def pull() -> AudioFrame:
+        pulled.append(_bot())
+        return pulled[-1]
+
+    session = _session(replace(MEDIA, remote_addr="0.0.0.0", remote_port=0, direction="recvonly"))
+    assert [session.outbound(pull) for _ in range(3)] == [None] * 3
+    assert pulled == []  # nothing of the greeting is used up before the caller can hear it
+    session.update(MEDIA, 1.0)  # the ACK's answer
+    first = RtpPacket.parse(session.outbound(pull) or b"")
+    assert len(pulled) == 1 and first.marker
+
+
 def test_no_rtp_times_out_except_while_the_peer_is_not_sending() -> None:
     session = _session(timeout=5.0)
     assert not session.timed_out(4.9) and session.timed_out(5.1)

@@ -76,7 +76,7 @@ async def feed(stream: WhisperStream, audio: np.ndarray, *, realtime: bool = Fal
     loop = asyncio.get_running_loop()
     began = loop.time()
     for index, start in enumerate(range(0, len(audio), FRAME)):
-        await stream.push(AudioFrame(audio[start : start + FRAME], RATE))
+        stream.push(AudioFrame(audio[start : start + FRAME], RATE))
         due = began + (index + 1) * 0.02 if realtime else 0
         await asyncio.sleep(max(0.004, due - loop.time()))
 
@@ -287,7 +287,7 @@ async def test_silence_and_noise_give_no_transcript(asr: WhisperASR) -> None:
 async def test_audio_queue_drops_oldest_when_the_stream_falls_behind(asr: WhisperASR) -> None:
     stream = await asr.open_stream()
     for _ in range(200):  # 4 s pushed without yielding to the worker
-        await stream.push(AudioFrame.silence(RATE, 20))
+        stream.push(AudioFrame.silence(RATE, 20))
     assert stream.dropped_ms == 4000 - asr.settings.max_queued_ms
     await stream.close()
     assert [t async for t in stream.results()] == []
@@ -299,8 +299,8 @@ async def test_stream_misuse_is_rejected(asr: WhisperASR) -> None:
         await asr.open_stream("fr-FR")
     stream = await asr.open_stream("en-US")
     with pytest.raises(ValueError, match="16000 Hz"):
-        await stream.push(AudioFrame.silence(8000, 20))
+        stream.push(AudioFrame.silence(8000, 20))
     await stream.close()
     await stream.close()  # idempotent
     with pytest.raises(SpeechError, match="closed"):
-        await stream.push(AudioFrame.silence(RATE, 20))
+        stream.push(AudioFrame.silence(RATE, 20))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
 FINISH_TIMEOUT = 10.0
+# Batches of caller audio waiting for the socket (100 ms each); beyond this the oldest is dropped:
+# a socket this far behind is failing, and the server's timestamps stay true to what it got.
+MAX_QUEUED_BATCHES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +212,10 @@ class FunASR(ASR):
 
 class QueuedASRStream(ASRStream):
     """Shared by the Fun-ASR and Qwen-ASR streams: rate-checked caller audio batched by an
-    :class:`AudioBatcher` (with keep-alive frames), transcripts handed over through a queue the
-    receiver ends with ``None``, and a close that flushes, finishes and waits for the receiver.
+    :class:`AudioBatcher` (with keep-alive frames) into a bounded outbox (``MAX_QUEUED_BATCHES``,
+    the oldest dropped and counted in ``dropped_batches``) that a sender task drains, so it wakes
+    once per 100 ms batch rather than per frame; transcripts handed over through a queue the
+    receiver ends with ``None``; and a close that flushes, finishes and waits for the receiver.
 
     Subclasses set their connection before ``super().__init__`` and implement :meth:`_send`,
     :meth:`_finish`, :meth:`_read` and :meth:`_release`."""
@@ -223,16 +229,38 @@ class QueuedASRStream(ASRStream):
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
         self._error: DashScopeError | None = None
         self._closed = False
+        self._outbox: deque[bytes] = deque()
+        self._outbox_ready = asyncio.Event()
+        self.dropped_batches = 0
         self._receiver = asyncio.create_task(self._receive())
         self._keepalive = asyncio.create_task(self._keep_alive())
+        self._sender = asyncio.create_task(self._send_outbox())
 
-    async def push(self, frame: AudioFrame) -> None:
+    def push(self, frame: AudioFrame) -> None:
         if frame.sample_rate != self.asr.sample_rate:
             raise ValueError(f"expected {self.asr.sample_rate} Hz audio, got {frame.sample_rate}")
         if self._closed or not self._can_send():
             return
         for data in self.batcher.push(frame.to_bytes(), time.monotonic()):
-            await self._send(data)
+            self._post(data)
+
+    def _post(self, data: bytes) -> None:
+        if len(self._outbox) == MAX_QUEUED_BATCHES:
+            self._outbox.popleft()
+            self.dropped_batches += 1
+        self._outbox.append(data)
+        self._outbox_ready.set()
+
+    async def _send_outbox(self) -> None:
+        """Send queued audio in order until the stream is closed and the outbox is empty."""
+        while self._outbox or not self._closed:
+            if not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+                continue
+            data = self._outbox.popleft()
+            if self._can_send():
+                await self._send(data)
 
     async def results(self) -> AsyncIterator[Transcript]:
         while (item := await self._queue.get()) is not None:
@@ -249,7 +277,10 @@ class QueuedASRStream(ASRStream):
             if self._can_send():
                 rest = self.batcher.flush()
                 if rest:
-                    await self._send(rest)
+                    self._post(rest)
+            self._outbox_ready.set()
+            await self._sender
+            if self._can_send():
                 await self._finish()
             async with asyncio.timeout(FINISH_TIMEOUT):
                 await asyncio.shield(self._receiver)
@@ -288,7 +319,7 @@ class QueuedASRStream(ASRStream):
             await asyncio.sleep(0.1)
             frame = self.batcher.keepalive(time.monotonic())
             if frame is not None and self._can_send():
-                await self._send(frame)
+                self._post(frame)
 
     async def _receive(self) -> None:
         try:

@@ -167,6 +167,7 @@ class FallbackStream(ASRStream):
         self.resampler: Resampler | None = None
         self.engine_rate = owner.sample_rate
         self.recent: deque[AudioFrame] = deque()
+        self.recent_s = 0.0  # their length, kept as they come and go
         self.lock = asyncio.Lock()
         self.closing = False
         self.opened: list[ASRStream] = []
@@ -197,22 +198,24 @@ class FallbackStream(ASRStream):
             self.engine_rate = engine.sample_rate
             self.resampler = Resampler(self.owner.sample_rate, engine.sample_rate)
             if not first:
-                for frame in list(self.recent):
-                    await self._forward(frame)
+                for frame in self.recent:
+                    self._forward(frame)
 
-    async def push(self, frame: AudioFrame) -> None:
-        async with self.lock:
-            self.recent.append(frame)
-            limit = self.owner.replay_seconds
-            while sum(f.duration for f in self.recent) > limit:
-                self.recent.popleft()
-            await self._forward(frame)
+    def push(self, frame: AudioFrame) -> None:
+        """Keep the frame for a replay, and pass it on unless a switch is under way (the new
+        stream then gets it in the replay); bounded by ``replay_seconds``, oldest dropped."""
+        self.recent.append(frame)
+        self.recent_s += frame.duration
+        while self.recent and self.recent_s > self.owner.replay_seconds:
+            self.recent_s -= self.recent.popleft().duration
+        if not self.lock.locked():
+            self._forward(frame)
 
-    async def _forward(self, frame: AudioFrame) -> None:
+    def _forward(self, frame: AudioFrame) -> None:
         assert self.stream is not None and self.resampler is not None
         samples = self.resampler.process(frame.samples)
         with contextlib.suppress(SpeechError):  # results() sees the failure and switches
-            await self.stream.push(AudioFrame(samples, self.engine_rate))
+            self.stream.push(AudioFrame(samples, self.engine_rate))
 
     async def results(self) -> AsyncIterator[Transcript]:
         while True:
@@ -221,6 +224,7 @@ class FallbackStream(ASRStream):
                 async for transcript in self.stream.results():
                     if transcript.is_final:
                         self.recent.clear()
+                        self.recent_s = 0.0
                     yield transcript
                 return
             except SpeechError as exc:

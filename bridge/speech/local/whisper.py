@@ -277,7 +277,7 @@ class WhisperStream(ASRStream):
         self._ended = asyncio.Event()
         self._worker = asyncio.create_task(self._run())
 
-    async def push(self, frame: AudioFrame) -> None:
+    def push(self, frame: AudioFrame) -> None:
         if frame.sample_rate != RATE:
             raise ValueError(f"Whisper streams take {RATE} Hz audio, not {frame.sample_rate}")
         if self._error is not None:
