@@ -9,9 +9,11 @@ streaming a tone-and-silence PCMU loop at the bridge for S seconds while the bri
 Pass criterion per level: every call's outbound packet send-time error (when the packet left
 versus its 20 ms grid point, from each ``call.json``) has p99 within +5 ms and minimum above
 -5 ms, no tick was skipped, and sipp completed every call. Reported per level: those figures
-(worst call, median call), CPU of the bridge process per call (% of one core) and RSS added
-per call during the hold, caller packets lost or too late for playout, and whether the level
-passed. ``--profile PATH`` runs the bridge under cProfile, writes the stats to PATH and prints
+(worst call, median call), CPU per call of the bridge and its media workers (% of one core;
+also each process's share, and sipp's own), RSS added per call during the hold, caller packets
+lost or too late for playout, and whether the level passed. ``--workers N`` spreads the calls
+over N media worker processes (``sip.media_workers``). ``--profile PATH`` runs the bridge under
+cProfile (with ``--workers 0``: workers are not profiled), writes the stats to PATH and prints
 the top functions (cProfile slows the bridge: profile runs measure where time goes, not
 capacity).
 """
@@ -41,6 +43,7 @@ from bridge.config import Config, SipConfig, SipRateLimitConfig
 from bridge.media.g711 import ulaw_encode
 from bridge.server import Bridge
 from bridge.sip.front import SipFront
+from bridge.sip.media_workers import MediaWorkers
 from bridge.speech.factory import SpeechEngines
 from tests.emulator.fakes import FixedASR, ToneTTS
 from tests.sip.calls import caller_scenario, pause, rtp_stream
@@ -62,8 +65,14 @@ class PhoneTTS(ToneTTS):
     sample_rate = 8000
 
 
-async def serve_fake(sip_port: int, rtp_ports: str, records: str) -> None:
-    """The bridge's SIP front door on fake engines, until SIGTERM."""
+async def fake_engines(config: Config | None = None) -> SpeechEngines:
+    """The cheap engines, for the bridge and (by reference) for each media worker."""
+    return SpeechEngines(asr=PhoneASR(QUESTION), tts=PhoneTTS())
+
+
+async def serve_fake(sip_port: int, rtp_ports: str, records: str, workers: int) -> None:
+    """The bridge's SIP front door on fake engines (calls spread over ``workers`` media worker
+    processes, or in the bridge's own process with 0), until SIGTERM."""
     config = Config()
     config.dialog.dialplans_dir = str(REPO / "dialplans")
     config.records.dir = records
@@ -76,11 +85,14 @@ async def serve_fake(sip_port: int, rtp_ports: str, records: str) -> None:
         max_calls=10_000,
         rate_limit=SipRateLimitConfig(per_second=1000, burst=1000),
         no_rtp_timeout_s=60,
+        media_workers=workers,
     )
     bridge = Bridge(config)
-    bridge.engines = SpeechEngines(asr=PhoneASR(QUESTION), tts=PhoneTTS())
-    front = SipFront(bridge, config.sip)
+    bridge.engines = await fake_engines()
+    front = SipFront(bridge, config.sip, make_engines=fake_engines)
     await front.start()
+    while isinstance(front.host, MediaWorkers) and front.host.ready_workers < workers:
+        await asyncio.sleep(0.1)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     gc.freeze()  # as Bridge.load_engines does once the engines are up
@@ -118,14 +130,18 @@ def run_level(
     ]  # fmt: skip
     sipp = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ramp = calls / rate + 1.0  # all calls are up after this
-    rss_idle = process_rss_mb(pid)
+    pids = [pid, *child_pids(pid)]  # the bridge and its media workers
+    rss_idle = sum(map(process_rss_mb, pids))
     time.sleep(ramp)
-    cpu0, t0 = process_cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = [process_cpu_seconds(p) for p in pids], time.monotonic()
+    sipp_cpu0 = process_cpu_seconds(sipp.pid)
     rss_peak = rss_idle
     while (held := time.monotonic() - t0) < max(0.5, seconds - ramp - 1.0):
         time.sleep(0.5)
-        rss_peak = max(rss_peak, process_rss_mb(pid))
-    cpu = process_cpu_seconds(pid) - cpu0
+        rss_peak = max(rss_peak, sum(map(process_rss_mb, pids)))
+    cpus = [process_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+    sipp_cpu = process_cpu_seconds(sipp.pid) - sipp_cpu0
+    cpu = sum(cpus)
     output, _ = sipp.communicate(timeout=seconds + 120)
     folders = _wait_records(records, before, calls)
     lateness = [json.loads((f / "call.json").read_text())["metrics"]["rtp"] for f in folders]
@@ -155,6 +171,8 @@ def run_level(
         "skipped_ticks": skipped,
         "cpu_pct_per_call": round(100 * cpu / held / calls, 2),
         "cpu_pct_total": round(100 * cpu / held, 1),
+        "cpu_pct_by_process": [round(100 * c / held, 1) for c in cpus],
+        "sipp_cpu_pct": round(100 * sipp_cpu / held, 1),
         "rss_mb_per_call": round((rss_peak - rss_idle) / calls, 2),
         "loss_pct": round(100 * missing / expected, 2) if expected else None,
         "packets_sent": sum(r["sent"] for r in lateness),
@@ -162,6 +180,19 @@ def run_level(
         "pass": ok,
         "sipp_tail": "" if ok else output.decode(errors="replace")[-800:],
     }
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (its media workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _wait_records(records: Path, before: set[Path], count: int, timeout: float = 30) -> list[Path]:
@@ -189,7 +220,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
     columns = (
         "calls", "completed", "worst_p99_lateness_ms", "median_p99_lateness_ms",
         "worst_min_lateness_ms", "skipped_ticks", "cpu_pct_per_call", "cpu_pct_total",
-        "rss_mb_per_call", "loss_pct", "pass",
+        "rss_mb_per_call", "cpu_pct_by_process", "sipp_cpu_pct", "loss_pct", "pass",
     )  # fmt: skip
     print(" | ".join(columns))
     for row in rows:
@@ -230,7 +261,16 @@ def main() -> None:
         " (asterisk -p, freeswitch -rp), so other load on the machine does not delay its clock",
     )
     parser.add_argument(
-        "--serve", nargs=3, metavar=("SIP_PORT", "RTP_PORTS", "RECORDS"), help=argparse.SUPPRESS
+        "--workers",
+        type=int,
+        default=0,
+        help="media worker processes running the calls (sip.media_workers); 0: the bridge's own",
+    )
+    parser.add_argument(
+        "--serve",
+        nargs=4,
+        metavar=("SIP_PORT", "RTP_PORTS", "RECORDS", "WORKERS"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.serve:
@@ -238,7 +278,8 @@ def main() -> None:
             os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
         profiler = cProfile.Profile() if args.profile else None
         with profiler or contextlib.nullcontext():
-            asyncio.run(serve_fake(int(args.serve[0]), args.serve[1], args.serve[2]))
+            sip_port, rtp_ports, records, workers = args.serve
+            asyncio.run(serve_fake(int(sip_port), rtp_ports, records, int(workers)))
         if profiler is not None:
             profiler.dump_stats(args.profile)
         return
@@ -247,7 +288,7 @@ def main() -> None:
         sip_port = free_port()
         command = [
             sys.executable, "-m", "bench.sip_capacity",
-            "--serve", str(sip_port), "20000-29999", str(workdir / "records"),
+            "--serve", str(sip_port), "20000-29999", str(workdir / "records"), str(args.workers),
         ]  # fmt: skip
         if args.profile:
             command += ["--profile", str(args.profile.resolve())]
@@ -281,6 +322,7 @@ def main() -> None:
         "benchmark": "sip-capacity",
         "seconds": args.seconds,
         "realtime": args.realtime,
+        "media_workers": args.workers,
         "max_calls_within_limit": best,
         "levels": rows,
     }

@@ -28,6 +28,11 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
     parser.add_argument("--sip-host", help="SIP listen/advertised address (overrides sip.host)")
     parser.add_argument("--sip-port", type=int, help="SIP port, UDP and TCP (overrides sip.port)")
     parser.add_argument("--rtp-ports", help="RTP port range LOW-HIGH (overrides sip.rtp_ports)")
+    parser.add_argument(
+        "--media-workers",
+        type=int,
+        help="processes that run SIP calls, 0 for this one (overrides sip.media_workers)",
+    )
     parser.set_defaults(func=_serve)
 
 
@@ -80,9 +85,12 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         config.sip.port = args.sip_port
     if args.rtp_ports is not None:
         config.sip.rtp_ports = args.rtp_ports
+    if args.media_workers is not None:
+        config.sip.media_workers = args.media_workers
+    if args.rtp_ports is not None or args.media_workers is not None:
         problem = config.sip.validate()
         if problem:
-            raise ConfigError(f"--rtp-ports: {problem}")
+            raise ConfigError(f"--{problem.split(':')[0].replace('_', '-')}: {problem}")
     return config
 
 

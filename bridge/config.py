@@ -217,9 +217,20 @@ class SipConfig:
     no_rtp_timeout_s: float = 20.0
     # Ring this long (180 sent at once) before answering, so callers can still CANCEL.
     answer_delay_ms: int = 0
+    # Worker processes that run answered SIP calls (each loads its own speech engines), so
+    # calls use every core; 0 runs them in the bridge's own process.
+    media_workers: int = 0
     registrations: list[SipRegistrationConfig] = field(default_factory=list)
+    # Session timers (RFC 4028): the shortest interval we accept (shorter gets 422), and the
+    # one our outbound INVITEs ask for (and we ask of callers that support timers, asking none).
+    min_se_s: int = 90
+    session_expires_s: int = 1800
 
     def validate(self) -> str | None:
+        if self.min_se_s < 1:
+            return f"min_se_s: must be 1 or more, got {self.min_se_s}"
+        if self.session_expires_s < self.min_se_s:
+            return f"session_expires_s: must be at least min_se_s ({self.min_se_s})"
         try:
             low, high = self.rtp_port_range
         except ValueError:
@@ -230,6 +241,8 @@ class SipConfig:
             return "transports: name at least one of udp, tcp"
         if "udp" not in self.transports:
             return "transports: udp is required (tcp is optional)"
+        if self.media_workers < 0:
+            return f"media_workers: must be 0 or more, got {self.media_workers}"
         if self.answer_delay_ms < 0:
             return f"answer_delay_ms: must be 0 or more, got {self.answer_delay_ms}"
         for cidr in self.allow_list:

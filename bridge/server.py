@@ -49,6 +49,8 @@ class Bridge:
         self.dialplans = DialplanLibrary(Path(config.dialog.dialplans_dir))
         self.records_dir = Path(config.records.dir)
         self.calls: dict[str, Call] = {}
+        self.worker_calls = 0
+        """Calls running in SIP media worker processes (they count toward capacity too)."""
         self.engines: SpeechEngines | None = None
         # VAD inference for every call, off the event loop; one thread keeps frames in order.
         self.vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
@@ -83,7 +85,7 @@ class Bridge:
         log.info("%d prompts synthesised in %.1f s", len(texts), time.monotonic() - started)
 
     def at_capacity(self) -> bool:
-        return len(self.calls) >= self.config.calls.max_concurrent
+        return len(self.calls) + self.worker_calls >= self.config.calls.max_concurrent
 
     def create_call(
         self,
@@ -187,7 +189,7 @@ async def healthz(request: web.Request) -> web.Response:
     bridge: Bridge = request.app[BRIDGE]
     if not bridge.ready:
         return web.json_response({"status": "loading"}, status=503)
-    return web.json_response({"status": "ok", "calls": len(bridge.calls)})
+    return web.json_response({"status": "ok", "calls": len(bridge.calls) + bridge.worker_calls})
 
 
 def cors_middleware(origins: list[str]) -> Any:
@@ -233,6 +235,12 @@ def build_app(
     return app
 
 
+def reload_dialplans(bridge: Bridge, sip: SipFront | None) -> None:
+    bridge.reload_dialplans()
+    if sip is not None:
+        sip.reload_dialplans()
+
+
 async def serve(config: Config) -> None:
     """Run the bridge until SIGINT/SIGTERM."""
     dashscope_settings(config.speech)  # a missing key is a ConfigError before any port is bound
@@ -255,7 +263,7 @@ async def serve(config: Config) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
-        loop.add_signal_handler(signal.SIGHUP, bridge.reload_dialplans)
+        loop.add_signal_handler(signal.SIGHUP, reload_dialplans, bridge, sip)
     interval = config.dialog.reload_interval_s
     watcher = asyncio.create_task(bridge.dialplans.watch(interval)) if interval > 0 else None
     loader = asyncio.create_task(bridge.load_engines())

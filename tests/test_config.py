@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("campaigns:\n  number_uri: sip:x@y\n", ":2: campaigns: number_uri: must contain {number}"),
         ("campaigns:\n  default_timezone: Mars\n", "default_timezone: unknown time zone 'Mars'"),
         ("sip:\n  answer_delay_ms: -5\n", ":2: sip: answer_delay_ms: must be 0 or more, got -5"),
+        ("sip:\n  media_workers: -1\n", ":2: sip: media_workers: must be 0 or more, got -1"),
     ],
 )
 def test_errors_point_at_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

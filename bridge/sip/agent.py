@@ -37,9 +37,18 @@ from bridge.sip.message import (
     SipParseError,
     parse_message,
 )
+from bridge.sip.multipart import MULTIPART, UNDERSTOOD, MultipartError, parse_parts
 from bridge.sip.ports import PortAllocator, PortsExhausted
 from bridge.sip.protection import AllowList, RateLimiter
 from bridge.sip.sdp import LocalMedia, NegotiatedMedia, RtpCodec, SdpError, SessionDescription
+from bridge.sip.session_timer import (
+    DEFAULT_MIN_SE,
+    SessionTimer,
+    TooSmall,
+    negotiate_as_uac,
+    negotiate_as_uas,
+    supports,
+)
 from bridge.sip.transaction import (
     Address,
     ClientInviteTransaction,
@@ -58,9 +67,12 @@ from bridge.sip.uri import NameAddress, SipUri
 
 log = logging.getLogger(__name__)
 
-ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
+ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY", "UPDATE")
 # Methods we recognise but do not serve get 405; anything else 501 (§8.2.1).
-KNOWN = (*ALLOWED, "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "UPDATE", "MESSAGE", "REFER")
+KNOWN = (*ALLOWED, "REGISTER", "PRACK", "SUBSCRIBE", "MESSAGE", "REFER")
+# Option tags a request may Require of us (others get 420, RFC 3261 §8.2.2.3).
+SUPPORTED = ("timer",)
+ACCEPT = ", ".join((*UNDERSTOOD, "multipart/mixed"))
 DTMF_DIGITS = "0123456789*#ABCD"
 _RELAY_SIGNAL = re.compile(r"^\s*Signal\s*=\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 _RELAY_DURATION = re.compile(r"^\s*Duration\s*=\s*(\d{1,6})", re.IGNORECASE | re.MULTILINE)
@@ -89,6 +101,9 @@ class AgentConfig:
     verifier: DigestVerifier | None = None
     max_message_size: int = MAX_MESSAGE_SIZE
     user_agent: str = "voice-bridge"
+    min_se: int = DEFAULT_MIN_SE  # shortest session timer interval we accept (else 422)
+    # The session timer our INVITEs ask for, and that we ask of callers able but not asking.
+    session_expires: int = 1800
 
 
 @dataclass
@@ -103,10 +118,15 @@ class Call:
     state: str = "offering"  # offering → answered → ended
     dialog: Dialog | None = None
     media: NegotiatedMedia | None = None
-    answer_sdp: SessionDescription | None = None
+    sdp: SessionDescription | None = None  # what our 200 carries: the answer, or our offer
+    offer_cseq: int | None = None  # the INVITE whose 200 made an offer: its ACK has the answer
     ack: Request | None = None
     cancel_pending: bool = False
     credentials: tuple[str, str] | None = None
+    timer: SessionTimer | None = None
+    peer_updates: bool = False  # the peer's Allow lists UPDATE: we refresh with it
+    refresh: ClientInviteTransaction | None = None  # our refreshing re-INVITE, if we sent one
+    refresh_ack: Request | None = None
 
 
 class UserAgent:
@@ -140,12 +160,16 @@ class UserAgent:
     @property
     def deadline(self) -> float | None:
         transactions = [*self._server.values(), *self._client.values()]
-        return min((t.deadline for t in transactions if t.deadline is not None), default=None)
+        deadlines = [t.deadline for t in transactions if t.deadline is not None]
+        deadlines += [timer.deadline for timer in self._session_timers()]
+        return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
         for tx in [*self._server.values(), *self._client.values()]:
             if tx.deadline is not None and tx.deadline <= now:
                 tx.on_timer(now)
+        for call in [c for c in self.calls.values() if c.state == "answered" and c.timer]:
+            self._on_session_timer(call, now)
         self._sweep(now)
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
@@ -175,14 +199,16 @@ class UserAgent:
     # -- application decisions ----------------------------------------------------------
 
     def answer(self, call_id: str, now: float) -> None:
-        """Send 200 OK with the SDP answer prepared when the INVITE arrived."""
+        """Send 200 OK with the SDP prepared when the INVITE arrived (our answer, or our offer
+        when the INVITE had none)."""
         call = self.calls.get(call_id)
         if call is None or call.outbound or call.state != "offering":
             return
-        assert isinstance(call.tx, ServerInviteTransaction) and call.answer_sdp is not None
+        assert isinstance(call.tx, ServerInviteTransaction) and call.sdp is not None
         call.state = "answered"
         ok = self._response(call.invite, 200, call.local_tag)
-        _set_sdp(ok, call.answer_sdp)
+        _set_sdp(ok, call.sdp)
+        self._grant_timer(call, call.invite, ok, call.timer, now)
         call.tx.respond(ok, now)
         self._sweep(now)
 
@@ -223,6 +249,10 @@ class UserAgent:
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", self._contact(remote.transport))
         headers.add("User-Agent", self.config.user_agent)
+        headers.add("Allow", ", ".join(ALLOWED))
+        headers.add("Supported", ", ".join(SUPPORTED))
+        headers.add("Session-Expires", str(self.config.session_expires))
+        headers.add("Min-SE", str(self.config.min_se))
         invite = Request(headers=headers, method="INVITE", uri=str(uri))
         _set_sdp(invite, local.offer())
         tx = ClientInviteTransaction(invite, remote, self.config.timers, now)
@@ -307,13 +337,14 @@ class UserAgent:
             reply = self._response(request, status)
             if status in (405, 501):
                 reply.headers.add("Allow", ", ".join(ALLOWED))
+            if status == 420:
+                reply.headers.add("Unsupported", ", ".join(_unsupported(request)))
             tx.respond(reply, now)
         elif request.method == "CANCEL":
             self._on_cancel(request, tx, now)
         elif request.method == "OPTIONS":
             reply = self._response(request, 200)
-            reply.headers.add("Allow", ", ".join(ALLOWED))
-            reply.headers.add("Accept", "application/sdp")
+            reply.headers.add("Accept", ACCEPT)
             tx.respond(reply, now)
         elif request.to.tag is None:
             self._on_new_invite(request, tx, source, now)
@@ -337,6 +368,8 @@ class UserAgent:
             return 405
         if request.max_forwards == 0:
             return 483
+        if request.method not in ("ACK", "CANCEL") and _unsupported(request):
+            return 420
         return None
 
     def _on_new_invite(
@@ -360,10 +393,15 @@ class UserAgent:
                 busy.headers.add("Retry-After", str(self.config.retry_after))
             tx.respond(busy, now)
             return
-        status, offer = _sdp_offer(request)
-        if offer is None:
-            tx.respond(self._response(request, status), now)
+        try:
+            timer = negotiate_as_uas(request.headers, self.config.min_se)
+            offer = _sdp_body(request)
+        except (_BodyError, TooSmall, ValueError) as exc:
+            log.info("refused INVITE %s: %s", request.call_id, exc)
+            tx.respond(self._refusal(request, exc), now)
             return
+        if timer is None and supports(request.headers, "timer"):  # able, but asked none (§9)
+            timer = SessionTimer(max(self.config.session_expires, _min_se(request)), False)
         try:
             port = self.config.rtp_ports.allocate()
         except PortsExhausted:
@@ -371,7 +409,10 @@ class UserAgent:
             return
         local = self._local_media(port)
         try:
-            answer, media = local.answer(offer)
+            if offer is None:  # a late offer (RFC 3261 §13.2.1): ours goes in the 200
+                media, sdp = local.provisional(), local.offer()
+            else:
+                sdp, media = local.answer(offer)
         except SdpError as exc:
             log.info("488 for %s: %s", request.call_id, exc)
             self.config.rtp_ports.release(port)
@@ -379,7 +420,9 @@ class UserAgent:
             return
         tag = _new_tag()
         call = Call(request.call_id, False, source, local, request, tx, tag, media=media)
-        call.answer_sdp, call.dialog = answer, Dialog.as_uas(request, tag)
+        call.sdp, call.dialog, call.timer = sdp, Dialog.as_uas(request, tag), timer
+        call.peer_updates = _allows_update(request)
+        call.offer_cseq = request.cseq[0] if offer is None else None
         self.calls[call.call_id] = call
         tx.respond(self._response(request, 180, tag), now)
         self._events.append(
@@ -389,7 +432,7 @@ class UserAgent:
                 str(request.to.uri),
                 request.request_uri.user,
                 offer,
-                answer,
+                sdp,
                 media,
                 port,
                 source,
@@ -427,44 +470,81 @@ class UserAgent:
         elif request.method == "NOTIFY":
             self._on_notify(call, request, tx, now)
         else:
-            self._on_reinvite(call, request, tx, now)
+            self._on_offer(call, request, tx, now)
 
-    def _on_reinvite(
+    def _on_offer(
         self,
         call: Call,
         request: Request,
         tx: ServerInviteTransaction | ServerTransaction,
         now: float,
     ) -> None:
-        pending = any(
+        """A re-INVITE or UPDATE (RFC 3311): a new offer, or none (a session refresh; a
+        re-INVITE then gets our offer). Either may renegotiate the session timer (RFC 4028)."""
+        try:
+            offer = _sdp_body(request)
+            timer = negotiate_as_uas(request.headers, self.config.min_se)
+        except (_BodyError, TooSmall, ValueError) as exc:
+            log.info("refused %s in %s: %s", request.method, call.call_id, exc)
+            tx.respond(self._refusal(request, exc), now)
+            return
+        if offer is not None or request.method == "INVITE":
+            # Glare (RFC 3264 §4, RFC 3311 §5.2): our offer (in a 200 or our refreshing
+            # re-INVITE) is unanswered (491), or the peer's INVITE still waits for our final
+            # response (500, retry shortly).
+            refreshing = call.refresh and call.refresh.state in (State.CALLING, State.PROCEEDING)
+            if call.offer_cseq is not None or refreshing:
+                tx.respond(self._response(request, 491), now)
+                return
+            if self._invite_pending(call, tx):
+                busy = self._response(request, 500)
+                busy.headers.add("Retry-After", str(secrets.randbelow(11)))
+                tx.respond(busy, now)
+                return
+        ok = self._response(request, 200)
+        if offer is not None:
+            try:
+                answer, media = call.local.answer(offer)
+            except SdpError:
+                tx.respond(self._response(request, 488), now)
+                return
+            call.media = media
+            _set_sdp(ok, answer)
+            self._events.append(MediaUpdated(call.call_id, media))
+        elif request.method == "INVITE":  # a late offer: a full offer, answered in the ACK
+            _set_sdp(ok, call.local.offer())
+            call.offer_cseq = request.cseq[0]
+        if timer is None and call.timer is not None and supports(request.headers, "timer"):
+            timer = SessionTimer(call.timer.interval, False)  # keep it; the requester refreshes
+        if call.state == "answered":
+            self._grant_timer(call, request, ok, timer, now)
+        tx.respond(ok, now)
+
+    def _invite_pending(self, call: Call, tx: Transaction) -> bool:
+        return any(
             isinstance(t, ServerInviteTransaction)
             and t is not tx
             and t.state is State.PROCEEDING
-            and t.request.call_id == call.call_id
+            and t.call_id == call.call_id
             for t in self._server.values()
         )
-        status, offer = _sdp_offer(request)
-        if pending:
-            tx.respond(self._response(request, 491), now)
+
+    def _grant_timer(
+        self,
+        call: Call,
+        request: Request,
+        ok: Response,
+        timer: SessionTimer | None,
+        now: float,
+    ) -> None:
+        """Put the negotiated session timer in our 2xx and (re)start it; None turns it off."""
+        call.timer = timer
+        if timer is None:
             return
-        if offer is None and request.body:
-            tx.respond(self._response(request, status), now)
-            return
-        if offer is None:  # a session refresh: repeat our current description
-            reply = self._response(request, 200)
-            _set_sdp(reply, call.answer_sdp or call.local.offer())
-            tx.respond(reply, now)
-            return
-        try:
-            answer, media = call.local.answer(offer)
-        except SdpError:
-            tx.respond(self._response(request, 488), now)
-            return
-        call.answer_sdp, call.media = answer, media
-        ok = self._response(request, 200)
-        _set_sdp(ok, answer)
-        tx.respond(ok, now)
-        self._events.append(MediaUpdated(call.call_id, media))
+        ok.headers.add("Session-Expires", timer.header(we_send_request=False))
+        if supports(request.headers, "timer"):
+            ok.headers.add("Require", "timer")
+        timer.restart(now)
 
     def _on_info(
         self,
@@ -537,8 +617,24 @@ class UserAgent:
         call = self.calls.get(request.call_id)
         if call and call.dialog and call.dialog.matches(request):
             for t in self._server.values():
-                if isinstance(t, ServerInviteTransaction) and t.request.call_id == call.call_id:
+                if isinstance(t, ServerInviteTransaction) and t.call_id == call.call_id:
                     t.ack_received()
+            if call.state == "answered" and call.offer_cseq == request.cseq[0]:
+                call.offer_cseq = None  # a retransmitted ACK is not a second answer
+                self._take_answer(call, request, now)
+
+    def _take_answer(self, call: Call, ack: Request, now: float) -> None:
+        """Apply the answer an ACK carries to the offer in our 200. A UAS that cannot use it
+        (none, bad SDP, no common codec) ends the session (RFC 3261 §13.3.1.4)."""
+        try:
+            media = _answer_in(ack, call.local)
+        except (_BodyError, SdpError) as exc:
+            log.warning("call %s: unusable answer in the ACK: %s; hanging up", call.call_id, exc)
+            self._send_bye(call, now)
+            self._end(call, CallEnded(call.call_id, "unusable answer"))
+            return
+        call.media = media
+        self._events.append(MediaUpdated(call.call_id, media))
 
     # -- responses ----------------------------------------------------------------------
 
@@ -560,6 +656,11 @@ class UserAgent:
             self._events.append(
                 TransferProgress(call.call_id, response.status, response.reason, not accepted)
             )
+        if tx.request.method == "UPDATE" and response.status >= 200:
+            self._on_refreshed(call, response, now)
+        if tx is call.refresh and response.status >= 200:
+            self._on_refresh_invite_final(call, response, now)
+            return
         if not isinstance(tx, ClientInviteTransaction):
             return
         if tx is not call.tx:
@@ -568,7 +669,7 @@ class UserAgent:
             self._on_provisional(call, response, now)
         elif response.status < 300:
             self._on_invite_ok(call, response, now)
-        elif response.status in (401, 407) and self._retry_with_credentials(call, response, now):
+        elif self._retried(call, response, now):
             return
         elif call.state == "offering":
             self._end(call, CallFailed(call.call_id, response.status, response.reason))
@@ -597,8 +698,8 @@ class UserAgent:
         if call.state != "offering":
             return
         try:
-            call.media = call.local.accept(SessionDescription.parse(response.body))
-        except SdpError as exc:
+            call.media = _answer_in(response, call.local)
+        except (_BodyError, SdpError) as exc:
             log.info("unusable answer for %s: %s", call.call_id, exc)
             self._send_bye(call, now)
             self._end(call, CallFailed(call.call_id, 488, "Not Acceptable Here"))
@@ -608,7 +709,27 @@ class UserAgent:
             self._end(call, CallFailed(call.call_id, 487, "Request Terminated"))
             return
         call.state = "answered"
+        call.timer = self._granted_timer(call, response, now)
+        call.peer_updates = _allows_update(response)
         self._events.append(CallAnswered(call.call_id, call.media, call.local.port))
+
+    def _granted_timer(self, call: Call, response: Response, now: float) -> SessionTimer | None:
+        """The session timer a 2xx to our INVITE or UPDATE grants, started (None: none)."""
+        try:
+            timer = negotiate_as_uac(response.headers)
+        except ValueError as exc:
+            log.warning("call %s: %s; no session timer", call.call_id, exc)
+            return None
+        if timer is not None:
+            timer.restart(now)
+        return timer
+
+    def _retried(self, call: Call, response: Response, now: float) -> bool:
+        """Whether a refusal got the INVITE sent again: with credentials (401, 407) or with a
+        longer session interval (422)."""
+        if response.status in (401, 407):
+            return self._retry_with_credentials(call, response, now)
+        return response.status == 422 and self._retry_with_min_se(call, response, now)
 
     def _retry_with_credentials(self, call: Call, response: Response, now: float) -> bool:
         """Re-send the INVITE once with Authorization / Proxy-Authorization."""
@@ -625,16 +746,110 @@ class UserAgent:
             )
         except ValueError:
             return False
+        reply_header = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        self._resend_invite(call, now, {reply_header: value})
+        return True
+
+    def _retry_with_min_se(self, call: Call, response: Response, now: float) -> bool:
+        """422 (RFC 4028 §7.4): ask again with the interval the far end's Min-SE demands."""
+        asked = call.tx.request.headers.get("Session-Expires") or "0"
+        min_se = _min_se(response)
+        if not asked.isdigit() or not int(asked) < min_se <= 86400:
+            return False  # a second 422, or an absurd (or no) demand
+        self._resend_invite(call, now, {"Session-Expires": str(min_se), "Min-SE": str(min_se)})
+        return True
+
+    def _resend_invite(self, call: Call, now: float, changes: dict[str, str]) -> None:
+        """The INVITE again in a new transaction (next CSeq), with ``changes`` set."""
+        previous = call.tx.request
         invite = Request(headers=previous.headers.copy(), method="INVITE", uri=previous.uri)
         invite.body = previous.body
         invite.headers.set("Via", self._via(call.remote.transport))
         invite.headers.set("CSeq", f"{previous.cseq[0] + 1} INVITE")
-        reply_header = "Authorization" if response.status == 401 else "Proxy-Authorization"
-        invite.headers.add(reply_header, value)
+        for name, value in changes.items():
+            invite.headers.set(name, value)
         call.invite = invite
         call.tx = ClientInviteTransaction(invite, call.remote, self.config.timers, now)
         self._client[client_key(invite)] = call.tx
-        return True
+
+    # -- session timers (RFC 4028) ------------------------------------------------------
+
+    def _session_timers(self) -> list[SessionTimer]:
+        return [c.timer for c in self.calls.values() if c.state == "answered" and c.timer]
+
+    def _on_session_timer(self, call: Call, now: float) -> None:
+        assert call.timer is not None
+        due = call.timer.due(now)
+        if due == "refresh":
+            self._refresh(call, call.timer, now)
+        elif due == "expire":
+            self._session_over(call, f"no session refresh in {call.timer.interval} s", now)
+
+    def _refresh(self, call: Call, timer: SessionTimer, now: float) -> None:
+        """Refresh the session (RFC 4028 §7.4): with an UPDATE without a body when the peer
+        allows UPDATE (no media renegotiation, no ACK), else with a re-INVITE offering our
+        media again."""
+        assert call.dialog is not None
+        transport = call.remote.transport
+        method = "UPDATE" if call.peer_updates else "INVITE"
+        refresh = call.dialog.request(method, self._via(transport), self._contact(transport))
+        refresh.headers.add("Session-Expires", timer.header(we_send_request=True))
+        refresh.headers.add("Min-SE", str(min(self.config.min_se, timer.interval)))
+        refresh.headers.add("Supported", ", ".join(SUPPORTED))
+        if method == "UPDATE":
+            self._start_client(refresh, call.remote, now)
+            return
+        _set_sdp(refresh, call.local.offer())
+        call.refresh_ack = None
+        call.refresh = ClientInviteTransaction(refresh, call.remote, self.config.timers, now)
+        self._client[client_key(refresh)] = call.refresh
+
+    def _on_refresh_invite_final(self, call: Call, response: Response, now: float) -> None:
+        """A final response to our refreshing re-INVITE: a 2xx is ACKed (again, when it is
+        retransmitted) and its answer applied; the timer then goes as for an UPDATE."""
+        assert call.refresh is not None and call.dialog is not None
+        if response.status >= 300:
+            self._on_refreshed(call, response, now)
+            return
+        if call.refresh_ack is not None:
+            self._transmit(call.refresh_ack, call.remote)
+            return
+        transport = call.remote.transport
+        cseq = call.refresh.request.cseq[0]
+        ack = call.dialog.request("ACK", self._via(transport), self._contact(transport), cseq)
+        call.refresh_ack = ack
+        self._transmit(ack, call.remote)
+        if call.state != "answered":
+            return
+        try:
+            media = _answer_in(response, call.local)
+        except (_BodyError, SdpError) as exc:
+            self._session_over(call, f"unusable answer to the refresh: {exc}", now)
+            return
+        if media != call.media:
+            call.media = media
+            self._events.append(MediaUpdated(call.call_id, media))
+        self._on_refreshed(call, response, now)
+
+    def _on_refreshed(self, call: Call, response: Response, now: float) -> None:
+        """The outcome of our refreshing UPDATE or re-INVITE."""
+        if call.state != "answered" or call.timer is None:
+            return
+        if response.status < 300:
+            call.timer = self._granted_timer(call, response, now)
+        elif response.status == 422 and (larger := _min_se(response)) > call.timer.interval:
+            call.timer.interval = larger
+            self._refresh(call, call.timer, now)
+        elif response.status in (405, 501) and call.peer_updates:  # it said it allowed UPDATE
+            call.peer_updates = False
+            self._refresh(call, call.timer, now)
+        elif response.status in (408, 481):  # the dialog is gone (§10)
+            self._session_over(call, f"session refresh got {response.status}", now)
+
+    def _session_over(self, call: Call, why: str, now: float) -> None:
+        log.warning("call %s: %s; hanging up", call.call_id, why)
+        self._send_bye(call, now)
+        self._end(call, CallEnded(call.call_id, "session expired"))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -680,14 +895,13 @@ class UserAgent:
         if timed_out:
             self._sweep(now)  # send what the reactions queued (a BYE)
             return
-        for call_id in [c for c, call in self.calls.items() if call.state == "ended"]:
-            if not self._busy(call_id):
-                del self.calls[call_id]
-
-    def _busy(self, call_id: str) -> bool:
-        """Transactions of an ended call still absorb retransmissions; keep it until then."""
-        transactions = [*self._server.values(), *self._client.values()]
-        return any(t.request.call_id == call_id for t in transactions)
+        ended = [call_id for call_id, call in self.calls.items() if call.state == "ended"]
+        if ended:
+            # Transactions of an ended call still absorb retransmissions: keep it until then.
+            busy = {t.call_id for table in tables for t in table.values()}
+            for call_id in ended:
+                if call_id not in busy:
+                    del self.calls[call_id]
 
     def _on_timeout(self, tx: Transaction, now: float) -> None:
         if client_key(tx.request) in self._requested:
@@ -704,6 +918,8 @@ class UserAgent:
             self._end(call, CallFailed(call.call_id, 408, "Request Timeout"))
         elif tx.request.method == "REFER":
             self._events.append(TransferProgress(call.call_id, 408, "Request Timeout", True))
+        elif (tx.request.method == "UPDATE" or tx is call.refresh) and call.state == "answered":
+            self._session_over(call, "session refresh timed out", now)
 
     def _finish_requested(self, tx: Transaction, response: Response | None) -> None:
         self._requested.discard(client_key(tx.request))
@@ -726,7 +942,23 @@ class UserAgent:
         response.headers.add("Server", self.config.user_agent)
         if request.method == "INVITE" and 100 < status < 300:
             response.headers.add("Contact", self._contact(self._via_transport(request)))
+        if request.method in ("INVITE", "UPDATE", "OPTIONS") and 100 < status < 300:
+            response.headers.add("Allow", ", ".join(ALLOWED))
+            response.headers.add("Supported", ", ".join(SUPPORTED))
         return response
+
+    def _refusal(self, request: Request, error: Exception) -> Response:
+        """The response to a request whose body or session timer we cannot accept."""
+        if isinstance(error, TooSmall):  # RFC 4028 §8.1
+            reply = self._response(request, 422)
+            reply.headers.add("Min-SE", str(error.min_se))
+        elif isinstance(error, _BodyError):
+            reply = self._response(request, error.status)
+            if error.status == 415:
+                reply.headers.add("Accept", ACCEPT)  # RFC 3261 §21.4.13
+        else:
+            reply = self._response(request, 400, reason=_printable(str(error)))
+        return reply
 
     def _local_media(self, port: int) -> LocalMedia:
         address = self.config.media_address or self.config.host
@@ -746,19 +978,67 @@ class UserAgent:
         return request.top_via.transport.lower()
 
 
-def _sdp_offer(request: Request) -> tuple[int, SessionDescription | None]:
-    """The request's SDP offer, or the status to refuse it with.
+class _BodyError(Exception):
+    """A body that is not usable SDP; ``status`` is what a request carrying it gets."""
 
-    No body (a late offer) gets 488: the bridge only answers offers for now.
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _sdp_body(message: Message) -> SessionDescription | None:
+    """The message's SDP, None when it has none (an INVITE's late offer).
+
+    In a multipart body (SIP-I's SDP + ISUP, QSIG tunnelling) the SDP part counts; the others
+    are ignored unless marked ``handling=required`` (RFC 3261 §20.11, RFC 5621 §9.1).
     """
-    if not request.body:
-        return 488, None
-    if request.content_type != "application/sdp":
-        return 415, None
+    body, content_type = message.body, message.content_type
+    if not body.strip():
+        return None
+    if content_type in MULTIPART:
+        try:
+            parts = parse_parts(body, message.headers.get("Content-Type") or "")
+        except MultipartError as exc:
+            raise _BodyError(400, f"bad multipart body: {exc}") from None
+        for part in parts:
+            if part.required and part.content_type not in UNDERSTOOD:
+                raise _BodyError(415, f"a required {part.content_type!r} part")
+        sdp = next((p for p in parts if p.content_type == "application/sdp"), None)
+        if sdp is None or not sdp.body.strip():
+            return None
+        body, content_type = sdp.body, sdp.content_type
+    if content_type != "application/sdp":
+        raise _BodyError(415, f"body is {content_type!r}, not application/sdp")
     try:
-        return 200, SessionDescription.parse(request.body)
-    except SdpError:
-        return 400, None
+        return SessionDescription.parse(body)
+    except SdpError as exc:
+        raise _BodyError(400, f"bad SDP: {exc}") from None
+
+
+def _answer_in(message: Message, local: LocalMedia) -> NegotiatedMedia:
+    """The media the SDP answer in ``message`` (to our offer) agrees; raises :class:`SdpError`
+    or :class:`_BodyError` when it has none or it is unusable."""
+    answer = _sdp_body(message)
+    if answer is None:
+        carrier = message.method if isinstance(message, Request) else "2xx"
+        raise SdpError(f"the {carrier} has no SDP answer")
+    return local.accept(answer)
+
+
+def _allows_update(message: Message) -> bool:
+    return "UPDATE" in (method.strip().upper() for method in message.headers.get_all("Allow"))
+
+
+def _unsupported(request: Request) -> list[str]:
+    """The option tags the request's Require names that we do not support."""
+    tags = [tag.strip() for tag in request.headers.get_all("Require")]
+    return [tag for tag in tags if tag and tag.lower() not in SUPPORTED]
+
+
+def _min_se(message: Message) -> int:
+    """The Min-SE of a request or a 422 (0 when absent or malformed)."""
+    value = (message.headers.get("Min-SE") or "").partition(";")[0].strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else 0
 
 
 def _set_sdp(message: Message, sdp: SessionDescription) -> None:

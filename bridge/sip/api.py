@@ -1,5 +1,6 @@
 """HTTP routes for outbound SIP calls: ``POST /api/calls`` places one, ``GET`` follows it;
-``GET /api/sip/registrations`` shows each trunk registration's state.
+``GET /api/sip/registrations`` shows each trunk registration's state, ``GET /api/sip/media-workers``
+each media worker's.
 
 Errors are JSON with a 4xx/5xx status, as for the WebRTC routes; a destination outside
 ``sip.outbound_targets`` is a 403 whatever else the request says.
@@ -53,6 +54,10 @@ async def registration_status(request: web.Request) -> web.Response:
     return web.json_response({"registrations": request.app[SIP_FRONT].registration_status()})
 
 
+async def media_worker_status(request: web.Request) -> web.Response:
+    return web.json_response({"media_workers": request.app[SIP_FRONT].media_worker_status()})
+
+
 def _call_problem(params: object) -> str | None:
     if not isinstance(params, dict):
         return "body must be a JSON object"
@@ -75,3 +80,4 @@ def add_routes(app: web.Application, front: SipFront) -> None:
     app.router.add_post("/api/calls", place_call)
     app.router.add_get("/api/calls/{call_id}", call_status)
     app.router.add_get("/api/sip/registrations", registration_status)
+    app.router.add_get("/api/sip/media-workers", media_worker_status)

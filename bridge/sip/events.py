@@ -19,13 +19,18 @@ class CallControl(Protocol):
 
 @dataclass(frozen=True)
 class IncomingCall:
-    """A new inbound call, already ringing; the SDP answer is ready for ``answer()``."""
+    """A new inbound call, already ringing; our SDP is ready for ``answer()``.
+
+    A late offer (an INVITE without SDP) has no ``remote_sdp``: ``local_sdp`` is then our offer
+    and ``media`` provisional (listening, nowhere to send) until the caller's answer arrives in
+    the ACK as a :class:`MediaUpdated`.
+    """
 
     call_id: str
     from_uri: str
     to_uri: str
     request_uri_user: str | None
-    remote_sdp: SessionDescription
+    remote_sdp: SessionDescription | None
     local_sdp: SessionDescription
     media: NegotiatedMedia
     local_rtp_port: int
@@ -85,7 +90,8 @@ class CallEnded:
 
 @dataclass(frozen=True)
 class MediaUpdated:
-    """A re-INVITE changed the media: hold/resume (direction) or codec or address."""
+    """A re-INVITE changed the media (hold/resume, codec or address), or the ACK brought the
+    answer to the offer our 200 made for a late-offer INVITE."""
 
     call_id: str
     media: NegotiatedMedia

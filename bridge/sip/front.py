@@ -21,13 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.call import Call
 from bridge.config import ConfigError, SipConfig
 from bridge.dialog.dialplan import Dialplan, DialplanError
-from bridge.dialog.engine import FlowDialog
 from bridge.media.g711 import codec_by_name
 from bridge.sip.agent import AgentConfig
 from bridge.sip.auth import DigestVerifier
+from bridge.sip.call_host import (
+    CallHandle,
+    CallHost,
+    CallOutcome,
+    CallSetupFailed,
+    CallSpec,
+    LocalCallHost,
+)
 from bridge.sip.endpoint import SipEndpoint
 from bridge.sip.events import (
     CallAnswered,
@@ -40,10 +46,10 @@ from bridge.sip.events import (
     MediaUpdated,
     TransferProgress,
 )
+from bridge.sip.media_workers import EngineFactory, MediaWorkers
 from bridge.sip.ports import PortAllocator, PortsExhausted
 from bridge.sip.protection import AllowList, DestinationPolicy, RateLimiter
 from bridge.sip.register import RegistrationClient, registrations
-from bridge.sip.rtp_session import MediaClock, RtpLeg, RtpSettings
 from bridge.sip.sdp import NegotiatedMedia
 from bridge.sip.uri import SipUri
 
@@ -52,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-G711_RATE = 8000
 BUSY = (486, 600, 603)
 NO_ANSWER = (408, 480, 487)
 OUTBOUND_KEPT = 1000  # outbound call reports kept for GET /api/calls/{id}
@@ -153,16 +158,18 @@ def agent_config(sip: SipConfig, environ: dict[str, str] | None = None) -> Agent
             if passwords
             else None
         ),
+        min_se=sip.min_se_s,
+        session_expires=sip.session_expires_s,
     )
 
 
 @dataclass
 class _Active:
-    """A SIP call and, once it has media, the bridge call and RTP leg serving it."""
+    """A SIP call and, once it has media, the handle of the bridge call serving it."""
 
     sip_id: str
-    call: Call | None = None
-    leg: RtpLeg | None = None
+    call: CallHandle | None = None
+    media: NegotiatedMedia | None = None  # a re-INVITE's, while the call was starting
     outbound: OutboundCall | None = None
     ring_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -170,13 +177,25 @@ class _Active:
 class SipFront:
     """Runs the SIP endpoint and the calls it brings in or places."""
 
-    def __init__(self, bridge: Bridge, config: SipConfig, *, ring_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        config: SipConfig,
+        *,
+        ring_timeout_s: float = 60.0,
+        make_engines: EngineFactory | None = None,
+    ) -> None:
+        """``make_engines`` builds the media workers' speech engines (by default each loads
+        the configured ones)."""
         self.bridge = bridge
         self.config = config
         self.endpoint = SipEndpoint(agent_config(config), config.host, config.port)
         self.ring_timeout_s = ring_timeout_s
-        self.rtp_settings = RtpSettings(no_rtp_timeout_s=config.no_rtp_timeout_s)
-        self.media_clock = MediaClock()
+        self.host: CallHost = (
+            MediaWorkers(bridge, config.media_workers, make_engines)
+            if config.media_workers
+            else LocalCallHost(bridge, config)
+        )
         self._transfers = DestinationPolicy(config.transfer_targets)
         self._destinations = DestinationPolicy(config.outbound_targets)
         self._active: dict[str, _Active] = {}
@@ -185,6 +204,7 @@ class SipFront:
         self._registrations: list[RegistrationClient] = []
 
     async def start(self) -> int:
+        await self.host.start()
         port = await self.endpoint.start(tcp="tcp" in self.config.transports)
         self._events = asyncio.create_task(self._dispatch(), name="sip-events")
         log.info("SIP listening on %s:%d", self.config.host, port)
@@ -205,7 +225,21 @@ class SipFront:
                 active.outbound.end("failed", reason="shutdown")
             self.endpoint.hangup(active.sip_id)
         await asyncio.gather(*(client.stop() for client in self._registrations))
+        await self.host.close()
         await self.endpoint.close()
+
+    @property
+    def ready(self) -> bool:
+        """Calls can be taken: engines loaded, and a media worker up when there are workers."""
+        return self.bridge.ready and self.host.ready
+
+    def media_worker_status(self) -> list[dict[str, object]]:
+        """The media workers' state (none when calls run in this process)."""
+        return self.host.status() if isinstance(self.host, MediaWorkers) else []
+
+    def reload_dialplans(self) -> None:
+        """Media workers keep their own dialplan library: pass a reload on."""
+        self.host.reload_dialplans()
 
     def registration_status(self) -> list[dict[str, object]]:
         """Each trunk registration's state and last SIP status, for the status API."""
@@ -229,7 +263,7 @@ class SipFront:
         if not self._destinations.allows(to):
             raise DialRefused(403, f"destination {to!r} is not allowed by sip.outbound_targets")
         plan = self._dialplan(dialplan or self.bridge.config.dialog.default_dialplan)
-        if not self.bridge.ready or self.bridge.at_capacity():
+        if not self.ready or self.bridge.at_capacity():
             raise DialRefused(503, "not ready or at capacity")
         try:
             sip_id = self.endpoint.call(to, from_user=from_user or self.config.outbound_from)
@@ -284,15 +318,18 @@ class SipFront:
             del self._active[event.call_id]
         elif isinstance(event, CallEnded):
             self._on_ended(active, event.reason)
-        elif isinstance(event, MediaUpdated) and active.leg is not None:
-            active.leg.update(event.media)
+        elif isinstance(event, MediaUpdated):
+            if active.call is None:
+                active.media = event.media  # applied once the call has started
+            else:
+                active.call.update(event.media)
         elif isinstance(event, DtmfInfo) and active.call is not None:
             active.call.dtmf(event.digit)
         elif isinstance(event, TransferProgress) and active.call is not None:
-            self._on_transfer_progress(active.call, event)
+            active.call.transfer_progress(event.status, event.reason, event.final)
 
     def _on_incoming(self, event: IncomingCall) -> None:
-        if not self.bridge.ready or self.bridge.at_capacity():
+        if not self.ready or self.bridge.at_capacity():
             log.warning("503 for %s: not ready or at capacity", event.call_id)
             event.reject(503)
             return
@@ -347,30 +384,23 @@ class SipFront:
         answer: Callable[[], None] | None = None,
         remote: str = "",
     ) -> None:
-        call = self.bridge.create_call(
-            channel="sip",
-            dialplan=plan,
-            output_rate=G711_RATE,
-            notify=lambda message: self._on_notify(active, message),
-            remote=remote or f"{media.remote_addr}:{media.remote_port}",
-            variables=active.outbound.variables if active.outbound is not None else None,
+        spec = CallSpec(
+            active.sip_id,
+            media,
+            rtp_port,
+            plan.name,
+            remote or f"{media.remote_addr}:{media.remote_port}",
+            active.outbound.variables if active.outbound is not None else {},
         )
-        active.call = call
-        if active.outbound is not None:
-            active.outbound.record_id = call.call_id
-        active.leg = RtpLeg(
-            call, media, self.config.host, rtp_port, self.rtp_settings, self.media_clock
-        )
-        self.bridge.spawn(self._run(active, active.leg, call, answer))
+        self.bridge.spawn(self._run(active, spec, answer))
 
     async def _run(
-        self, active: _Active, leg: RtpLeg, call: Call, answer: Callable[[], None] | None
+        self, active: _Active, spec: CallSpec, answer: Callable[[], None] | None
     ) -> None:
         try:
-            await leg.start()
-        except OSError as exc:
-            log.error("call %s: cannot bind RTP port %d: %s", call.call_id, leg.port, exc)
-            self.bridge.abandon_call(call, "setup-failed")
+            call = await self.host.start_call(spec, self._on_request)
+        except CallSetupFailed as exc:
+            log.error("SIP call %s not started: %s", active.sip_id, exc)
             self._active.pop(active.sip_id, None)
             if active.outbound is not None:
                 active.outbound.end("failed", reason="setup-failed")
@@ -379,18 +409,22 @@ class SipFront:
             else:
                 self.endpoint.hangup(active.sip_id)
             return
-        if answer is not None:
-            answer()
-        media = asyncio.create_task(leg.run(), name=f"{call.call_id}-rtp")
-        try:
-            await call.run()
-        finally:
-            media.cancel()
-            leg.close()
-            self.bridge.forget_call(call)
-            self._active.pop(active.sip_id, None)
+        if self._active.get(active.sip_id) is not active:  # the caller left while it started
+            call.hangup("cancelled")
+        else:
+            active.call = call
+            if active.media is not None:
+                call.update(active.media)
             if active.outbound is not None:
-                self._completed(active.outbound, call)
+                active.outbound.record_id = call.record_id
+            if answer is not None:
+                answer()
+        try:
+            outcome = await call.outcome()
+        finally:
+            self._active.pop(active.sip_id, None)
+        if active.outbound is not None:
+            self._completed(active.outbound, outcome)
 
     def _on_ended(self, active: _Active, reason: str) -> None:
         self._stop_ringing(active)
@@ -403,10 +437,9 @@ class SipFront:
                 active.outbound.end("failed", reason=reason)
 
     @staticmethod
-    def _completed(out: OutboundCall, call: Call) -> None:
+    def _completed(out: OutboundCall, outcome: CallOutcome) -> None:
         """An answered outbound call ended: report what its dialplan collected."""
-        if isinstance(call.dialog, FlowDialog):
-            out.collected = call.dialog.collected()
+        out.collected = outcome.collected
         amd = out.collected.get("amd")
         out.amd = str(amd["result"]) if isinstance(amd, dict) and "result" in amd else None
         if out.answered_at is not None:
@@ -420,7 +453,10 @@ class SipFront:
 
     # --- what the call asks of its transport --------------------------------------------------
 
-    def _on_notify(self, active: _Active, message: dict[str, object]) -> None:
+    def _on_request(self, sip_id: str, message: dict[str, object]) -> None:
+        active = self._active.get(sip_id)
+        if active is None:
+            return
         kind = message.get("type")
         if kind == "hangup":
             self.endpoint.hangup(active.sip_id)
@@ -433,18 +469,9 @@ class SipFront:
         if not self._transfers.allows(target):
             log.warning("transfer to %r refused: not in sip.transfer_targets", target)
             if call is not None:
-                call.record.add_event({"who": "system", "transfer_refused": target})
+                call.transfer_refused(target)
             return False
         return self.endpoint.refer(active.sip_id, target)
-
-    def _on_transfer_progress(self, call: Call, event: TransferProgress) -> None:
-        call.record.add_event(
-            {"who": "system", "transfer_status": event.status, "reason": event.reason}
-        )
-        if event.final and 200 <= event.status < 300:
-            call.hangup("transferred")
-        elif event.final:
-            log.warning("call %s: transfer failed: %d %s", call.call_id, event.status, event.reason)
 
     def _dialplan(self, name: str) -> Dialplan:
         return self.bridge.dialplans.get(name)

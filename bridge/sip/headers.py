@@ -35,7 +35,16 @@ COMPACT_FORMS = {
 # Names whose canonical spelling is not plain Title-Case.
 _SPECIAL_CASE = {
     name.lower(): name
-    for name in ("Call-ID", "CSeq", "WWW-Authenticate", "MIME-Version", "RAck", "RSeq", "SIP-ETag")
+    for name in (
+        "Call-ID",
+        "CSeq",
+        "WWW-Authenticate",
+        "MIME-Version",
+        "RAck",
+        "RSeq",
+        "SIP-ETag",
+        "Min-SE",
+    )
 }
 # Headers defined as comma-separated lists; others (auth, Date, User-Agent...) contain commas.
 LIST_HEADERS = frozenset(

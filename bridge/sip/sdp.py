@@ -229,6 +229,27 @@ class LocalMedia:
         attributes += [("ptime", str(self.ptime)), (self.direction, None)]
         return self.description(formats, attributes)
 
+    def provisional(self) -> NegotiatedMedia:
+        """The media of a call whose offer is ours and whose answer has not come (a late
+        offer): our first codec, listening only, towards an unknown address (port 0).
+
+        The offerer sends once it has the answer (RFC 3264 §7), which says where and in which
+        codec; until then it must be ready to receive what it offered (§5.1).
+        """
+        if not self.codecs:
+            raise NotAcceptable("no codec configured to offer")
+        codec = self.codecs[0]
+        return NegotiatedMedia(
+            codec.name,
+            codec.payload_type,
+            codec.clock_rate,
+            self.telephone_event_pt,
+            self.ptime,
+            HOLD_ADDRESSES[0],
+            0,
+            _intersect("recvonly", self.direction),
+        )
+
     def answer(self, offer: SessionDescription) -> tuple[SessionDescription, NegotiatedMedia]:
         """Answer ``offer``; raise :class:`NotAcceptable` when no audio stream is usable."""
         for index, media in enumerate(offer.media):

@@ -77,6 +77,7 @@ class Transaction:
 
     def __init__(self, request: Request, remote: Address, config: TimerConfig) -> None:
         self.request = request
+        self.call_id = request.call_id  # looked up for every call on every sweep: parse once
         self.remote = remote
         self.config = config
         self.reliable = remote.transport != "udp"

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from bridge.media.g711 import codec_by_name
 from tests.peers.availability import in_ci, require_binary
-from tests.sip.sipp import SCENARIOS
+from tests.sip.sipp import SCENARIOS, free_port, start_sipp
 
 SILENCE_8K = np.zeros(8000, np.int16)
 
@@ -52,6 +53,14 @@ def callee_scenario(path: Path, *steps: str) -> Path:
     template = (SCENARIOS / "callee.xml").read_text()
     path.write_text(template.format(steps="\n".join(steps)))
     return path
+
+
+async def start_callee(path: Path, *steps: str) -> tuple[asyncio.subprocess.Process, int]:
+    """sipp answering one call with :func:`callee_scenario` on a free port (bound on return)."""
+    port = free_port()
+    sipp = await start_sipp("-sf", str(callee_scenario(path, *steps)), "-p", str(port))
+    await asyncio.sleep(0.5)  # let sipp bind
+    return sipp, port
 
 
 def caller_scenario(path: Path, *steps: str, codec: str = "PCMU", hangs_up: bool = True) -> Path:
@@ -152,3 +161,17 @@ def reply(status: str, *headers: str) -> str:
 
     ]]>
   </send>"""
+
+
+def caller_channel(folder: Path) -> tuple[np.ndarray, int]:
+    """The caller's side of a call's stereo recording (left channel), and its rate."""
+    with wave.open(str(folder / "recording.wav")) as wav:
+        rate = wav.getframerate()
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), np.int16).reshape(-1, 2)
+    return stereo[:, 0].astype(np.float64), rate
+
+
+def loudest_second(audio: np.ndarray, rate: int) -> np.ndarray:
+    energy = np.convolve(audio**2, np.ones(rate), "valid")
+    start = int(np.argmax(energy))
+    return audio[start : start + rate]

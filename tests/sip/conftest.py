@@ -12,6 +12,7 @@ from aiohttp import web
 from bridge.config import Config, SipConfig
 from bridge.server import Bridge, build_app
 from bridge.sip.front import SipFront
+from bridge.sip.media_workers import EngineFactory
 from bridge.speech.factory import SpeechEngines
 from tests.conftest import REPO
 from tests.sip.sipp import free_port
@@ -32,10 +33,15 @@ StartBridge = Callable[..., Awaitable[SipBridge]]
 @pytest.fixture
 async def sip_bridge(tmp_path: Path, speech_engines: SpeechEngines) -> AsyncIterator[StartBridge]:
     """Start a bridge whose ``sip`` config takes the given overrides (and dialplans from
-    ``dialplans``, the repository's by default); stopped after the test."""
+    ``dialplans``, the repository's by default; media workers build their engines with
+    ``make_engines``, by default as configured); stopped after the test."""
     running: list[tuple[SipFront, Bridge, web.AppRunner]] = []
 
-    async def start(dialplans: Path = REPO / "dialplans", **sip: object) -> SipBridge:
+    async def start(
+        dialplans: Path = REPO / "dialplans",
+        make_engines: EngineFactory | None = None,
+        **sip: object,
+    ) -> SipBridge:
         config = Config()
         config.dialog.dialplans_dir = str(dialplans)
         config.records.dir = str(tmp_path / "records")
@@ -44,7 +50,7 @@ async def sip_bridge(tmp_path: Path, speech_engines: SpeechEngines) -> AsyncIter
         bridge = Bridge(config)
         await bridge.warm_prompts(speech_engines)
         bridge.engines = speech_engines
-        front = SipFront(bridge, config.sip)
+        front = SipFront(bridge, config.sip, make_engines=make_engines)
         port = await front.start()
         runner = web.AppRunner(build_app(bridge, front), access_log=None)
         await runner.setup()

@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import REPO
 from tests.sip.calls import (
-    callee_scenario,
     caller_text,
     g711_file,
     rtp_stream,
+    start_callee,
     summary,
     wait_for_records,
 )
@@ -54,12 +54,7 @@ async def test_dial_cli_call_answered_then_bot_hangs_up(
     goodbye = g711_file(
         tmp_path / "bye.raw", speak("That's all, thank you. Goodbye.", 8000), "PCMU"
     )
-    port = free_port()
-    sipp = await start_sipp(
-        "-sf", str(callee_scenario(tmp_path / "callee.xml", rtp_stream(goodbye, 0))),
-        "-p", str(port),
-    )  # fmt: skip
-    await asyncio.sleep(0.5)  # let sipp bind
+    sipp, port = await start_callee(tmp_path / "callee.xml", rtp_stream(goodbye, 0))
     cli = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge.cli", "dial", f"sip:callee@127.0.0.1:{port}",
         "--dialplan", "customer-service", "--server", running.http, "--wait", "60",

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sip.sdp import LocalMedia, NotAcceptable, SdpError, SessionDescription
+from bridge.sip.sdp import (
+    LocalMedia,
+    NegotiatedMedia,
+    NotAcceptable,
+    SdpError,
+    SessionDescription,
+)
 from tests.sip.codecs import CODECS, PCMA, PCMU
 from tests.sip.messages import OFFER_SDP
 
@@ -134,6 +140,28 @@ def test_versions_increase_and_offer_answer_round_trip() -> None:
 def test_local_hold_direction() -> None:
     _, negotiated = _local(direction="sendonly").answer(_offer())
     assert negotiated.direction == "sendonly"
+
+
+def _listening(codec: str, pt: int, direction: str) -> NegotiatedMedia:
+    return NegotiatedMedia(codec, pt, 8000, 101, 20, "0.0.0.0", 0, direction)
+
+
+@pytest.mark.parametrize(
+    ("prefer", "direction", "expected"),
+    [
+        ((PCMU, PCMA), "sendrecv", _listening("PCMU", 0, "recvonly")),
+        ((PCMA, PCMU), "sendrecv", _listening("PCMA", 8, "recvonly")),
+        ((PCMU, PCMA), "sendonly", _listening("PCMU", 0, "inactive")),
+    ],
+)
+def test_provisional_media_listens_only_until_the_answer(
+    prefer: tuple, direction: str, expected: NegotiatedMedia
+) -> None:
+    local = LocalMedia("127.0.0.1", 30000, prefer, direction=direction)
+    assert local.provisional() == expected
+    # What it listens for is our offer's first codec and its telephone-events.
+    offered = local.offer().media[0].formats
+    assert offered[0] == str(expected.payload_type) and offered[-1] == "101"
 
 
 @settings(max_examples=200, deadline=1000)
