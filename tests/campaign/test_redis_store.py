@@ -163,7 +163,10 @@ async def test_a_dead_instances_slots_expire(redis_url: str, monkeypatch) -> Non
     # The holder dies without releasing (no renewal, no close): the slot comes back.
     assert dead._renewer is not None
     dead._renewer.cancel()
-    await dead_store.client.aclose()
+    # Let the cancellation land before closing: a command cut off mid-flight can leave the
+    # client's connection half-read, and closing it then may never return.
+    await asyncio.gather(dead._renewer, return_exceptions=True)
+    await asyncio.wait_for(dead_store.client.aclose(), 5)
     assert await alive.acquire("c1", one, 0.0) > 0
     await asyncio.sleep(1.2)
     assert await alive.acquire("c1", one, 0.0) == 0
