@@ -152,7 +152,7 @@ class Call:
         self._early: deque[AudioFrame] = deque(maxlen=CALLER_QUEUE_FRAMES)  # before it opens
         self._vad_queue: deque[AudioFrame] = deque(maxlen=CALLER_QUEUE_FRAMES)
         self._vad_waiter: asyncio.Future[None] | None = None  # the VAD task, waiting for audio
-        self._uplink_resampler: Resampler | None = None  # None: no conversion needed
+        self._uplink_resampler: Resampler | None = None
         self._uplink_rate = 0
         self._started = time.monotonic()
         self._last_caller_audio = self._started
@@ -184,8 +184,7 @@ class Call:
         self._last_caller_audio = time.monotonic()
         if self._ended.is_set():
             return  # the recogniser is closing
-        if frame.sample_rate != self._uplink_rate or self._uplink_resampler is not None:
-            frame = self._to_asr_rate(frame)  # else already at the recogniser's rate
+        frame = self._to_asr_rate(frame)
         self.record.write_audio("caller", frame, self._caller_samples_seen / frame.sample_rate)
         self._caller_samples_seen += frame.num_samples
         if self._vad_executor is None:
@@ -224,8 +223,7 @@ class Call:
         if speaking:
             self._last_bot_frame_at = now
         self.record.write_audio("bot", frame, now - self._started)
-        for event in self.playout.pop_events():  # usually none
-            self._on_playout_event(event, now)
+        self._handle_playout_events(now)
         return frame
 
     def hangup(self, reason: str) -> None:
@@ -342,10 +340,8 @@ class Call:
     def _to_asr_rate(self, frame: AudioFrame) -> AudioFrame:
         if frame.sample_rate != self._uplink_rate:
             self._uplink_rate = frame.sample_rate
-            resampler = Resampler(frame.sample_rate, self.asr.sample_rate)
-            self._uplink_resampler = None if resampler.passthrough else resampler
-        if self._uplink_resampler is None:
-            return frame
+            self._uplink_resampler = Resampler(frame.sample_rate, self.asr.sample_rate)
+        assert self._uplink_resampler is not None
         return self._uplink_resampler.process_frame(frame)
 
     def _on_caller_speech_started(self, onset: float) -> None:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_INT16 = np.dtype(np.int16)
-
 
 @functools.cache
 def silence(num_samples: int) -> np.ndarray:
@@ -39,7 +37,7 @@ class AudioFrame:
 
     def __post_init__(self) -> None:
         samples = self.samples
-        if (samples.dtype is not _INT16 and samples.dtype != _INT16) or samples.ndim != 1:
+        if samples.dtype != np.int16 or samples.ndim != 1:
             raise ValueError("AudioFrame samples must be a 1-D int16 array")
         if self.sample_rate <= 0:
             raise ValueError("sample_rate must be positive")

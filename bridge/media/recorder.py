@@ -63,10 +63,7 @@ class _Track:
             drop = -(-max(behind, 0) * frame.sample_rate // self.rate)
             samples = samples[drop:]
             next_at = at
-        if not self._resampler.passthrough:
-            samples = self._resampler.process(samples)
-        self.pending.append(samples)
-        self.end += len(samples)
+        self._append(self._resampler.process(samples))  # a passthrough at the record's rate
         # After dropped audio the position is ahead of the frame; the next frame is due there.
         next_at += frame.num_samples / frame.sample_rate
         position = self.end / self.rate

@@ -33,7 +33,6 @@ class Resampler:
             raise ValueError("sample rates must be positive")
         self.in_rate = in_rate
         self.out_rate = out_rate
-        self.passthrough = in_rate == out_rate
         self._stream = (
             None
             if in_rate == out_rate

@@ -94,12 +94,9 @@ class _WebRtc:
     def __call__(self, samples: np.ndarray) -> list[float]:
         """Speech probability (0 or 1) of each window of ``samples`` (a whole number of them):
         one bytes copy for all."""
-        data, step, rate, size = samples.tobytes(), 2 * self.window, self.rate, self.window
-        if len(data) == step:  # the usual frame: one window
-            return [1.0 if self._vad.is_speech(data, rate, size) else 0.0]
-        speech = self._vad.is_speech
+        data, step, speech = samples.tobytes(), 2 * self.window, self._vad.is_speech
         return [
-            1.0 if speech(data[i : i + step], rate, size) else 0.0
+            1.0 if speech(data[i : i + step], self.rate, self.window) else 0.0
             for i in range(0, len(data), step)
         ]
 

@@ -29,7 +29,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from bridge.config import Config
 from bridge.media.recorder import end_orphaned
@@ -69,12 +69,15 @@ class StartCall:
     spec: CallSpec
 
 
+CallOp = Literal["hangup", "dtmf", "update", "transfer_refused", "transfer_progress"]
+
+
 @dataclass(frozen=True)
 class CallCommand:
     """One of the :class:`CallHandle` operations, for the call ``sip_id``."""
 
     sip_id: str
-    op: Literal["hangup", "dtmf", "update", "transfer_refused", "transfer_progress"]
+    op: CallOp
     args: tuple[object, ...]
 
 
@@ -113,7 +116,7 @@ class CallFinished:
     outcome: CallOutcome
 
 
-CALL_OPS = frozenset({"hangup", "dtmf", "update", "transfer_refused", "transfer_progress"})
+CALL_OPS = frozenset(get_args(CallOp))
 
 
 def _send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -175,9 +178,9 @@ class RemoteCall:
     async def outcome(self) -> CallOutcome:
         return await asyncio.shield(self.finished)
 
-    def _command(self, op: str, *args: object) -> None:
+    def _command(self, op: CallOp, *args: object) -> None:
         if not self.finished.done():
-            self.worker.send(CallCommand(self.sip_id, op, args))  # type: ignore[arg-type]
+            self.worker.send(CallCommand(self.sip_id, op, args))
 
     def lost(self) -> Path | None:
         """The worker died: the call is over, and the caller must hear so (a BYE). Returns
