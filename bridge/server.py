@@ -87,7 +87,7 @@ class Bridge:
     def at_capacity(self) -> bool:
         return len(self.calls) + self.worker_calls >= self.config.calls.max_concurrent
 
-    def create_call(
+    async def create_call(
         self,
         *,
         channel: str,
@@ -98,10 +98,14 @@ class Bridge:
         variables: dict[str, str] | None = None,
     ) -> Call:
         """A call running ``dialplan``; ``variables`` (an outbound call's, e.g. a campaign
-        contact's columns) are given to it beside ``call`` (id, channel, remote)."""
+        contact's columns) are given to it beside ``call`` (id, channel, remote).
+
+        The record's folder and files are created in a worker thread: file-system calls take a
+        millisecond or more, and calls start while other calls' media runs on this loop."""
         assert self.engines is not None, "create_call before engines are loaded"
         call_id = uuid.uuid4().hex[:12]
-        record = CallRecord.open(
+        record = await asyncio.to_thread(
+            CallRecord.open,
             self.records_dir,
             call_id,
             self.config.records.sample_rate,

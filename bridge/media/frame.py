@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+_INT16 = np.dtype(np.int16)  # compared with every frame's: a dtype, not the type to convert
+
 
 @functools.cache
 def silence(num_samples: int) -> np.ndarray:
@@ -18,15 +20,16 @@ def silence(num_samples: int) -> np.ndarray:
     return samples
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class AudioFrame:
     """A block of mono signed 16-bit PCM; a value: treat it as immutable.
 
     ``timestamp`` counts samples at ``sample_rate`` from the start of the stream the frame
     belongs to (like an RTP timestamp, but never wrapping), so stages can line frames up in
     time without wall clocks. Every stage of every call makes or reads a frame every 20 ms, so
-    ``num_samples`` and ``end_timestamp`` are plain attributes set once, and the class is not
-    frozen (a frozen dataclass's initialiser costs three times as much).
+    ``num_samples`` and ``end_timestamp`` are plain attributes set once, the class is not
+    frozen (a frozen dataclass's initialiser costs three times as much), and the initialiser is
+    written out: one function where the generated one and ``__post_init__`` took two.
     """
 
     samples: np.ndarray
@@ -35,14 +38,16 @@ class AudioFrame:
     num_samples: int = field(init=False, repr=False, compare=False)
     end_timestamp: int = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        samples = self.samples
-        if samples.dtype != np.int16 or samples.ndim != 1:
+    def __init__(self, samples: np.ndarray, sample_rate: int, timestamp: int = 0) -> None:
+        if samples.dtype != _INT16 or samples.ndim != 1:
             raise ValueError("AudioFrame samples must be a 1-D int16 array")
-        if self.sample_rate <= 0:
+        if sample_rate <= 0:
             raise ValueError("sample_rate must be positive")
+        self.samples = samples
+        self.sample_rate = sample_rate
+        self.timestamp = timestamp
         self.num_samples = n = len(samples)
-        self.end_timestamp = self.timestamp + n
+        self.end_timestamp = timestamp + n
 
     @classmethod
     def silence(cls, sample_rate: int, duration_ms: int, timestamp: int = 0) -> AudioFrame:

@@ -177,16 +177,27 @@ class _Utterance:
         """Copy queued audio into ``out``; returns how many samples were available."""
         filled = 0
         while self.audio and filled < len(out):
-            block = self.audio[0]
-            take = min(len(block) - self.head, len(out) - filled)
-            out[filled : filled + take] = block[self.head : self.head + take]
+            take = min(len(self.audio[0]) - self.head, len(out) - filled)
+            out[filled : filled + take] = self._consume(take)
             filled += take
-            self.head += take
-            if self.head == len(block):
-                self.audio.popleft()
-                self.head = 0
-        self.played += filled
         return filled
+
+    def read_whole(self, count: int) -> np.ndarray | None:
+        """The next ``count`` samples when one queued block holds them all (a view: no copy),
+        else None and nothing is read."""
+        if not self.audio or len(self.audio[0]) - self.head < count:
+            return None
+        return self._consume(count)
+
+    def _consume(self, count: int) -> np.ndarray:
+        """Play ``count`` samples from the first queued block (it holds that many)."""
+        block, head = self.audio[0], self.head
+        self.head += count
+        if self.head == len(block):
+            self.audio.popleft()
+            self.head = 0
+        self.played += count
+        return block[head : head + count]
 
     @property
     def done(self) -> bool:
@@ -309,6 +320,22 @@ class Playout:
         if not self._queue:  # nothing to say, as for most of a call: no audio to assemble
             self._space.set()
             return AudioFrame(silence(self.frame_samples), self.sample_rate, timestamp)
+        utterance = self._queue[0]
+        # Mid-utterance the frame usually lies within one TTS chunk: send that slice as is.
+        whole = utterance.read_whole(self.frame_samples) if utterance.started else None
+        if whole is not None:
+            self._queued -= self.frame_samples
+            if utterance.done:
+                self._finish(self._queue.popleft(), "")
+            frame = AudioFrame(whole, self.sample_rate, timestamp)
+        else:
+            frame = AudioFrame(self._assemble(index), self.sample_rate, timestamp)
+        if self.free_ms:
+            self._space.set()
+        return frame
+
+    def _assemble(self, index: int) -> np.ndarray:
+        """Frame ``index`` from the queued utterances in turn, padded with silence."""
         out = np.zeros(self.frame_samples, np.int16)
         filled = 0
         while filled < self.frame_samples and self._queue:
@@ -322,10 +349,7 @@ class Playout:
             if not utterance.done:
                 break  # TTS is behind: hold this utterance's place with silence
             self._finish(self._queue.popleft(), "")
-        frame = AudioFrame(out, self.sample_rate, timestamp)
-        if self.free_ms:
-            self._space.set()
-        return frame
+        return out
 
     def flush(self, reason: str) -> list[UtteranceFinished]:
         """Drop every queued utterance at once (barge-in, hang-up) and report what was heard.

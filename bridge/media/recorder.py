@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
-import wave
+import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,22 +52,26 @@ class _Track:
 
     def write(self, frame: AudioFrame, at: float) -> None:
         samples = frame.samples
-        if frame.sample_rate != self._resampler.in_rate:
+        rate = frame.sample_rate
+        if rate != self._resampler.in_rate:
             self.settle()
-            self._resampler = Resampler(frame.sample_rate, self.rate)
+            self._resampler = Resampler(rate, self.rate)
         next_at = self._next_at
         if next_at is None or abs(at - next_at) > _JITTER_S:
             self.settle()
             behind = self.end - max(round(at * self.rate), 0)
             self.pad(-behind)
             # Drop input that would land before the position, rounded up so none lands early.
-            drop = -(-max(behind, 0) * frame.sample_rate // self.rate)
+            drop = -(-max(behind, 0) * rate // self.rate)
             samples = samples[drop:]
             next_at = at
-        self._append(self._resampler.process(samples))  # a passthrough at the record's rate
+        if rate != self.rate:  # the usual frame is at the record's rate: no resampler call
+            samples = self._resampler.process(samples)
+        self.pending.append(samples)  # _append inlined: this runs for every frame of both channels
+        self.end = end = self.end + len(samples)
         # After dropped audio the position is ahead of the frame; the next frame is due there.
-        next_at += frame.num_samples / frame.sample_rate
-        position = self.end / self.rate
+        next_at += frame.num_samples / rate
+        position = end / self.rate
         self._next_at = next_at if next_at > position else position
 
     def settle(self) -> None:
@@ -86,6 +91,36 @@ class _Track:
     def _append(self, samples: np.ndarray) -> None:
         self.pending.append(samples)
         self.end += len(samples)
+
+
+class _StereoWav:
+    """A 16-bit stereo WAV file whose header always matches the audio written so far.
+
+    Each block costs one data write and one header rewrite (the ``wave`` module patches the two
+    sizes with three seeks and two small writes, each seek a system call)."""
+
+    _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self._file = path.open("wb")
+        self._rate = rate
+        self._size = 0
+        self._file.write(self._header())
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+        os.pwrite(self._file.fileno(), self._header(), 0)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _header(self) -> bytes:
+        rate, size = self._rate, self._size
+        return self._HEADER.pack(
+            b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, 2, rate, 4 * rate, 4, 16, b"data", size
+        )
 
 
 class CallRecord:
@@ -117,10 +152,7 @@ class CallRecord:
         self._max_lag = round(_MAX_LAG_S * sample_rate)
         self._block = _BLOCK_S * sample_rate
         self._transcript: TextIO = (path / "transcript.jsonl").open("a", encoding="utf-8")
-        self._wav = wave.open(str(path / "recording.wav"), "wb")  # noqa: SIM115 - lives until close
-        self._wav.setnchannels(2)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(sample_rate)
+        self._wav = _StereoWav(path / "recording.wav", sample_rate)
         self._closed = False
         self._write_summary()
 
@@ -203,9 +235,9 @@ class CallRecord:
         self._write_summary()
 
     def _write_block(self) -> None:
-        count = min(track.end for track in self._tracks.values()) - self._written
-        stereo = np.column_stack([self._tracks[name].take(count) for name in ("caller", "bot")])
-        self._wav.writeframes(stereo.tobytes())
+        caller, bot = self._caller, self._bot
+        count = min(caller.end, bot.end) - self._written
+        self._wav.write(np.column_stack((caller.take(count), bot.take(count))).tobytes())
         self._written += count
 
     def _write_summary(self) -> None:

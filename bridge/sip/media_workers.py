@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from bridge.config import Config
 from bridge.media.recorder import end_orphaned
 from bridge.sip.call_host import (
+    REQUEST_TYPES,
     CallOutcome,
     CallRequests,
     CallSetupFailed,
@@ -403,7 +404,8 @@ async def _serve(
     watcher = asyncio.create_task(bridge.dialplans.watch(interval)) if interval > 0 else None
 
     def requests(sip_id: str, message: dict[str, object]) -> None:
-        _send(writer, CallRequest(sip_id, message))
+        if message.get("type") in REQUEST_TYPES:
+            _send(writer, CallRequest(sip_id, message))
 
     async def run_call(spec: CallSpec) -> None:
         try:

@@ -90,7 +90,7 @@ async def offer(request: web.Request) -> web.Response:
         elif len(pending) < PENDING_EVENTS_MAX:
             pending.append(message)
 
-    call = bridge.create_call(
+    call = await bridge.create_call(
         channel="webrtc",
         dialplan=plan,
         output_rate=WEBRTC_RATE,

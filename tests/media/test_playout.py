@@ -113,6 +113,30 @@ def test_frames_have_fixed_size_and_continuous_timestamps(rate: int, samples: in
     assert [int(f.samples.sum()) for f in frames] == [samples, samples, samples // 2, 0, 0, 0]
 
 
+def test_frames_inside_one_chunk_are_its_audio_as_is_and_match_assembled_frames() -> None:
+    """A frame lying within one queued chunk is a view of it; one spanning chunks, starting an
+    utterance or running out of audio is assembled. Both must play exactly the pushed audio."""
+    rng = np.random.default_rng(4)
+    chunks = [rng.integers(-3000, 3000, n, dtype=np.int16) for n in (480, 100, 300, 160, 7, 633)]
+    playout = Playout(RATE)
+    playout.begin_utterance("u")
+    for samples in chunks:
+        playout.push("u", SpeechChunk(AudioFrame(samples, RATE), "word"))
+    playout.end_utterance("u")
+
+    frames = play(playout, 240)
+    audio, played = np.concatenate(chunks), np.concatenate([f.samples for f in frames])
+    assert np.array_equal(played[: len(audio)], audio)
+    assert not played[len(audio) :].any()
+    as_is = [any(np.shares_memory(f.samples, c) for c in chunks) for f in frames]
+    assert as_is == [False, True, True, False, True, False, False, True, True, True, False, False]
+    assert playout.pop_events() == [
+        UtteranceStarted("u", 0),
+        UtteranceFinished("u", "word " * 5 + "word", "word " * 5 + "word", False, 210),
+    ]
+    assert not playout.speaking
+
+
 def test_idle_playout_gives_silence() -> None:
     playout = Playout(RATE)
     frame = playout.next_frame()

@@ -189,7 +189,9 @@ async def test_closing_records_leaves_the_event_loop_free(tmp_path: Path) -> Non
     took = time.monotonic() - started
 
     assert took > 0.3  # the closing work was long enough for a stall to show
-    assert max(gaps) < took / 3  # a close on the loop would be one gap as long as all of it
+    # A close on the loop would be one gap as long as all of it; off the loop, the loop still
+    # waits its turn for the interpreter lock behind two closing threads now and then.
+    assert max(gaps) < took / 2
     for record in records:
         assert json.loads((record.path / "call.json").read_text())["metrics"] == metrics
         audio, _ = read_wav(record.path)

@@ -93,6 +93,27 @@ def test_frame_size_does_not_change_events(speech: tuple[np.ndarray, int], engin
     assert all(events == by_size[20] for events in by_size.values())
 
 
+def test_one_window_frames_match_buffered_frames_window_for_window(
+    speech: tuple[np.ndarray, int],
+) -> None:
+    """20 ms frames at 8 kHz are webrtc's window and go to it as they are; 10 ms frames are
+    buffered into windows. Every window must get the same verdict either way."""
+    audio = scene(speech, 8000)
+    whole, halves = (Vad(8000, "webrtc", **SETTINGS["webrtc"]) for _ in range(2))  # type: ignore[arg-type]
+    events: dict[str, list[VadEvent]] = {"whole": [], "halves": []}
+    verdicts: dict[str, list[float]] = {"whole": [], "halves": []}
+    for i in range(0, len(audio) - 159, 160):
+        events["whole"] += whole.process(AudioFrame(audio[i : i + 160], 8000, i))
+        events["halves"] += halves.process(AudioFrame(audio[i : i + 80], 8000, i))
+        events["halves"] += halves.process(AudioFrame(audio[i + 80 : i + 160], 8000, i + 80))
+        verdicts["whole"].append(whole.probability)
+        verdicts["halves"].append(halves.probability)
+    assert verdicts["whole"] == verdicts["halves"]
+    assert {0.0, 1.0} <= set(verdicts["whole"])
+    assert events["whole"] == events["halves"]
+    assert [type(e) for e in events["whole"]] == [SpeechStarted, SpeechEnded]
+
+
 def test_event_times_follow_frame_timestamps_across_gaps(speech: tuple[np.ndarray, int]) -> None:
     audio = scene(speech, 16000)
     whole = run(Vad(16000), audio)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -182,19 +183,56 @@ class _TickLog:
     def receive_tick(self, now: float) -> None:
         self.log.append(("receive", self.name))
 
+    def drain(self) -> None:
+        self.log.append(("drain", self.name))
 
-async def test_media_clock_sends_for_every_leg_before_receiving_and_stops_when_empty() -> None:
-    clock = MediaClock()
-    log: list[tuple[str, str]] = []
+    def prepare_tick(self) -> None:
+        self.log.append(("prepare", self.name))
+
+
+def _join_two(clock: MediaClock, log: list[tuple[str, str]]) -> list[_TickLog]:
     legs = [_TickLog("a", log), _TickLog("b", log)]
     for leg in legs:
         clock.join(leg)  # type: ignore[arg-type]
+    return legs
+
+
+async def test_media_clock_sends_then_receives_then_builds_the_next_packets() -> None:
+    """Every leg's send comes first (only system calls), then every leg's caller audio, then
+    the packets for the next tick; the clock stops when no leg is left."""
+    clock = MediaClock()
+    log: list[tuple[str, str]] = []
+    legs = _join_two(clock, log)
     await asyncio.sleep(0.07)
     for leg in legs:
         clock.leave(leg)  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     assert clock._task is None
-    ticks = [log[i : i + 4] for i in range(0, len(log), 4)]
+    log = [entry for entry in log if entry[0] != "drain"]  # a late tick on a busy machine
+    ticks = [log[i : i + 6] for i in range(0, len(log), 6)]
     assert len(ticks) >= 2
     expected = [("send", "a"), ("send", "b"), ("receive", "a"), ("receive", "b")]
-    assert all(tick == expected for tick in ticks)
+    assert all(tick == [*expected, ("prepare", "a"), ("prepare", "b")] for tick in ticks)
+
+
+async def test_a_late_tick_reads_the_sockets_before_playing() -> None:
+    """After the process was busy, packets that arrived meanwhile are read before the caller's
+    frames are taken, so the stall does not turn into concealment of audio already here."""
+    clock = MediaClock()
+    log: list[tuple[str, str]] = []
+    legs = _join_two(clock, log)
+    await asyncio.sleep(0.05)
+    on_time = len(log)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # the loop is busy for 50 ms
+    await asyncio.sleep(0.05)
+    for leg in legs:
+        clock.leave(leg)  # type: ignore[arg-type]
+    late = log.index(("drain", "a"), on_time)
+    assert log[late - 2 : late + 4] == [
+        ("send", "a"),
+        ("send", "b"),
+        ("drain", "a"),
+        ("receive", "a"),
+        ("drain", "b"),
+        ("receive", "b"),
+    ]
