@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,7 @@ class DialplanLibrary:
         self._stamps = self._scan()
         self._by_file = {path: load_dialplan(path) for path in self._stamps}
         self._index()
+        self._reloading = threading.Lock()  # the watcher reloads in a thread, SIGHUP on the loop
 
     def names(self) -> list[str]:
         return sorted(self._plans)
@@ -103,6 +105,10 @@ class DialplanLibrary:
 
     def reload(self) -> list[str]:
         """Take in changed, added and removed files; returns the problems of files not taken."""
+        with self._reloading:
+            return self._reload()
+
+    def _reload(self) -> list[str]:
         stamps = self._scan()
         if stamps == self._stamps:
             return []
@@ -128,12 +134,15 @@ class DialplanLibrary:
         return rejected
 
     async def watch(self, interval_s: float) -> None:
-        """Reload every ``interval_s`` seconds, logging each new set of problems once."""
+        """Reload every ``interval_s`` seconds, logging each new set of problems once.
+
+        Each reload runs in a worker thread: parsing a changed file takes tens of milliseconds,
+        which on this loop would hold up the media of every call it serves."""
         reported: list[str] = []
         while True:
             await asyncio.sleep(interval_s)
             try:
-                found = self.reload()
+                found = await asyncio.to_thread(self.reload)
             except OSError as exc:
                 found = [f"cannot reload dialplans: {exc}"]
             if found and found != reported:

@@ -3,8 +3,10 @@ routing by name and ``serves``, and reloads that never swap in a broken file."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,27 @@ def test_reload_rejects_a_clash(tmp_path: Path) -> None:
     _touch(tmp_path / "b.yaml", GOOD)  # the same name again
     assert any("already used" in p for p in library.reload())
     assert library.names() == ["good"]
+
+
+async def test_the_watcher_reloads_without_holding_up_the_event_loop(tmp_path: Path) -> None:
+    """An edit picked up while calls run: the (slow) parse happens off the loop, whose other
+    work keeps its turn, and the edited plan is served once it checks clean."""
+    plan_file = tmp_path / "good.yaml"
+    _touch(plan_file, GOOD)
+    library = DialplanLibrary(tmp_path)
+    padding = "".join(f"# note {i}: {'x' * 60}\n" for i in range(40_000))  # slow to scan
+    _touch(plan_file, padding + GOOD.replace("say: Hello.", "say: Hello again."))
+    watcher = asyncio.create_task(library.watch(0.001))
+    gaps: list[float] = []
+    started = last = time.monotonic()
+    try:
+        while library.get("good").steps["menu"].say != "Hello again.":
+            assert time.monotonic() - started < 30, "the edit was never picked up"
+            await asyncio.sleep(0.002)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+    finally:
+        watcher.cancel()
+    took = time.monotonic() - started
+    assert took > 0.3  # the reload was long enough for a stall to show
+    assert max(gaps) < took / 2  # a reload on the loop would be one gap as long as all of it
